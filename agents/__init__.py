@@ -1,0 +1,1 @@
+"""Learners: BRO and its on-device replay (`nil_jax.agents`)."""

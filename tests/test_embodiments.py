@@ -1,0 +1,105 @@
+"""Loading the four robots and the MJX-friendly changes made at load."""
+
+import shutil
+
+import mujoco
+import numpy as np
+import pytest
+
+from nil_jax.envs import assets, embodiments, tasks
+
+NAMES = sorted(embodiments.EMBODIMENTS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_embodiment_loads_mjx_friendly(name):
+    emb = embodiments.load(name)
+    model = emb.mj_model
+    assert emb.control_dt == pytest.approx(0.01)  # 100 Hz control
+    assert model.opt.timestep == pytest.approx(0.002) and emb.n_substeps == 5
+    assert model.opt.solver == int(mujoco.mjtSolver.mjSOL_NEWTON)
+    assert model.opt.iterations == 4
+    assert emb.nu == len(emb.ctrl_low) and np.all(emb.ctrl_low < emb.ctrl_high)
+    # The tracking camera exists on every embodiment and follows the CoM.
+    assert model.cam_mode[emb.camera_id] == int(mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM)
+    assert mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, emb.camera_id) == "nil_track"
+
+    # Only primitive foot geoms can collide, and only with the floor.
+    colliders = np.flatnonzero((model.geom_contype != 0) | (model.geom_conaffinity != 0))
+    floor = [g for g in colliders if model.geom_type[g] == int(mujoco.mjtGeom.mjGEOM_PLANE)]
+    assert len(floor) == 1
+    feet = sorted(set(colliders) - set(floor))
+    assert feet == sorted(emb.foot_geom_ids)
+    primitives = {int(mujoco.mjtGeom.mjGEOM_SPHERE), int(mujoco.mjtGeom.mjGEOM_CAPSULE)}
+    assert {int(model.geom_type[g]) for g in feet} <= primitives
+    assert all(model.geom_contype[g] == 0 for g in feet)  # no foot-foot contacts
+    assert len(emb.foot_body_ids) == (4 if emb.spec.kind == "quadruped" else 2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_home_pose_stands_on_the_floor(name):
+    emb = embodiments.load(name)
+    model = emb.mj_model
+    data = mujoco.MjData(model)
+    mujoco.mj_resetDataKeyframe(model, data, model.key(embodiments.HOME_KEY).id)
+    np.testing.assert_allclose(data.qpos, emb.init_qpos)
+    mujoco.mj_forward(model, data)
+    lowest = min(embodiments._geom_lowest_z(model, data, g) for g in emb.foot_geom_ids)
+    assert abs(lowest) < 1e-6  # the lowest foot touches the floor
+    assert set(data.contact.geom[:data.ncon].ravel()) - {0} <= set(emb.foot_geom_ids)
+    assert not tasks.fallen(emb, emb.init_qpos)
+    # Joints start inside their limits.
+    for j in range(model.njnt):
+        if model.jnt_limited[j]:
+            q = emb.init_qpos[model.jnt_qposadr[j]]
+            assert model.jnt_range[j, 0] - 1e-9 <= q <= model.jnt_range[j, 1] + 1e-9
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_camera_frames_the_whole_robot(name):
+    emb = embodiments.load(name)
+    model, data = emb.mj_model, mujoco.MjData(emb.mj_model)
+    data.qpos[:] = emb.init_qpos
+    mujoco.mj_forward(model, data)
+    cam_pos, cam_mat = data.cam_xpos[emb.camera_id], data.cam_xmat[emb.camera_id].reshape(3, 3)
+    np.testing.assert_allclose(cam_mat[:, 2], [0, -1, 0], atol=1e-9)  # looks along +y
+    np.testing.assert_allclose(cam_mat[:, 1], [0, 0, 1], atol=1e-9)  # +z up
+    body = [g for g in range(model.ngeom) if model.geom_bodyid[g] and model.geom_group[g] < 3]
+    local = (data.geom_xpos[body] - cam_pos) @ cam_mat  # camera frame
+    depth = -local[:, 2]
+    t = np.tan(np.radians(model.cam_fovy[emb.camera_id]) / 2)
+    assert np.all(depth > 0)
+    assert np.all(np.abs(local[:, 0] / depth) < t) and np.all(np.abs(local[:, 1] / depth) < t)
+
+
+def test_camera_tracks_the_center_of_mass():
+    emb = embodiments.load("h1")
+    model, data = emb.mj_model, mujoco.MjData(emb.mj_model)
+    data.qpos[:] = emb.init_qpos
+    mujoco.mj_forward(model, data)
+    root = model.jnt_bodyid[0]
+    offset = data.cam_xpos[emb.camera_id] - data.subtree_com[root]
+    data.qpos[emb.root_xy_qpos[0]] += 3.0  # walk 3 m forward and bend a knee
+    data.qpos[model.joint("knee_angle_l").qposadr[0]] = 1.0
+    mujoco.mj_forward(model, data)
+    np.testing.assert_allclose(data.cam_xpos[emb.camera_id] - data.subtree_com[root], offset,
+                               atol=1e-9)
+
+
+def test_user_mjcf_file(tmp_path):
+    folder = tmp_path / "my_h1"
+    shutil.copytree(assets.model_folder("unitree_h1"), folder)
+    xml = folder / "h1.xml"
+    xml.write_text(xml.read_text().replace('gear="300"', 'gear="250"'))
+    emb = embodiments.load("h1", mjcf_path=str(xml))
+    shipped = embodiments.load("h1").mj_model.actuator_gear[:, 0]
+    assert emb.spec.mjcf_path == str(xml)
+    np.testing.assert_array_equal(emb.mj_model.actuator_gear[:, 0],
+                                  np.where(shipped == 300.0, 250.0, shipped))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        embodiments.load("h1", mjcf_path=str(tmp_path / "missing.xml"))
+
+
+def test_unknown_embodiment_is_rejected():
+    with pytest.raises(ValueError, match="choose one of"):
+        embodiments.load("atlas")
