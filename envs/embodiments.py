@@ -30,6 +30,7 @@ from nil_jax.envs import assets
 
 CAMERA_NAME = "nil_track"
 CAMERA_FOVY = 45.0
+NEAR_CLIP = 0.01  # m, MuJoCo renderer's near clipping distance
 PHYSICS_TIMESTEP = 0.002
 N_SUBSTEPS = 5  # 100 Hz control, the rate of the reference videos after resampling
 HOME_KEY = "home"
@@ -367,6 +368,9 @@ def build(spec: EmbodimentSpec) -> Embodiment:
     # pose is keyframe 0, for renderers and viewers.
     mj_spec.add_key(name=HOME_KEY, qpos=qpos)
     model = mj_spec.compile()
+    # MuJoCo's near clipping plane is znear x the model's extent; H1's and A1's extent is 100 m
+    # (their 500 m floor), which would clip everything within 1 m of the camera.
+    model.vis.map.znear = NEAR_CLIP / model.stat.extent
 
     fall = [(model.joint(j).qposadr[0], lo, hi) for j, lo, hi in spec.fall_limits]
     return Embodiment(

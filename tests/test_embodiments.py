@@ -23,6 +23,8 @@ def test_every_embodiment_loads_mjx_friendly(name):
     # The tracking camera exists on every embodiment and follows the CoM.
     assert model.cam_mode[emb.camera_id] == int(mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM)
     assert mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, emb.camera_id) == "nil_track"
+    # MuJoCo's renderer clips nothing farther than 1 cm from the camera.
+    assert model.vis.map.znear * model.stat.extent == pytest.approx(embodiments.NEAR_CLIP)
 
     # Only primitive foot geoms can collide, and only with the floor.
     colliders = np.flatnonzero((model.geom_contype != 0) | (model.geom_conaffinity != 0))
