@@ -63,12 +63,22 @@ def _quadratic_roots(a, b, c):
     return (jnp.where(ok, (-b - sq) / a_safe, _NO_HIT), jnp.where(ok, (-b + sq) / a_safe, _NO_HIT))
 
 
+def _hit_point(o, d, t):
+    """The point at distance t along the ray (the origin where there is no hit)."""
+    return o + jnp.where(jnp.isfinite(t), t, 0.0)[..., None] * d
+
+
+def _sphere_distance(centred_origin, d, radius):
+    """Nearest positive distance to a sphere, given the ray origin relative to its centre."""
+    return _smallest_positive(*_quadratic_roots(
+        jnp.sum(d * d, -1), jnp.sum(centred_origin * d, -1),
+        jnp.sum(centred_origin * centred_origin, -1) - radius ** 2))
+
+
 def hit_sphere(o, d, size):
     """o, d: (..., 3) ray in the geom frame; returns distance along d and the local normal."""
-    t = _smallest_positive(*_quadratic_roots(jnp.sum(d * d, -1), jnp.sum(o * d, -1),
-                                             jnp.sum(o * o, -1) - size[0] ** 2))
-    p = o + jnp.where(jnp.isfinite(t), t, 0.0)[..., None] * d
-    return t, p
+    t = _sphere_distance(o, d, size[0])
+    return t, _hit_point(o, d, t)
 
 
 def hit_ellipsoid(o, d, size):
@@ -76,8 +86,7 @@ def hit_ellipsoid(o, d, size):
     t = _smallest_positive(*_quadratic_roots(jnp.sum((d / s) ** 2, -1),
                                              jnp.sum(o * d / s ** 2, -1),
                                              jnp.sum((o / s) ** 2, -1) - 1.0))
-    p = o + jnp.where(jnp.isfinite(t), t, 0.0)[..., None] * d
-    return t, p / s ** 2
+    return t, _hit_point(o, d, t) / s ** 2
 
 
 def hit_box(o, d, size):
@@ -88,7 +97,7 @@ def hit_box(o, d, size):
     far = jnp.min(jnp.maximum(t0, t1), -1)
     hit = (near <= far) & (far > 1e-9)
     t = jnp.where(hit, jnp.where(near > 1e-9, near, far), _NO_HIT)
-    p = o + jnp.where(hit, t, 0.0)[..., None] * d
+    p = _hit_point(o, d, t)
     # The normal is along the axis where the hit point lies on the face.
     face = jnp.argmax(jnp.abs(p) / half, -1)
     normal = jax.nn.one_hot(face, 3) * jnp.sign(p)
@@ -108,13 +117,9 @@ def _hit_side(o, d, radius, half_length):
 def hit_capsule(o, d, size):
     radius, half = size[0], size[1]
     t_side = _hit_side(o, d, radius, half)
-    caps = []
-    for z in (half, -half):
-        c = o - jnp.array([0.0, 0.0, z])
-        caps.append(_smallest_positive(*_quadratic_roots(
-            jnp.sum(d * d, -1), jnp.sum(c * d, -1), jnp.sum(c * c, -1) - radius ** 2)))
+    caps = [_sphere_distance(o - jnp.array([0.0, 0.0, z]), d, radius) for z in (half, -half)]
     t = jnp.minimum(t_side, jnp.minimum(*caps))
-    p = o + jnp.where(jnp.isfinite(t), t, 0.0)[..., None] * d
+    p = _hit_point(o, d, t)
     axis_point = jnp.stack([jnp.zeros_like(p[..., 0]), jnp.zeros_like(p[..., 0]),
                             jnp.clip(p[..., 2], -half, half)], -1)
     return t, p - axis_point
@@ -131,7 +136,7 @@ def hit_cylinder(o, d, size):
         discs.append(jnp.where(p[..., 0] ** 2 + p[..., 1] ** 2 <= radius ** 2, t, _NO_HIT))
     t_disc = _smallest_positive(*discs)
     t = jnp.minimum(t_side, t_disc)
-    p = o + jnp.where(jnp.isfinite(t), t, 0.0)[..., None] * d
+    p = _hit_point(o, d, t)
     on_side = t_side <= t_disc
     normal = jnp.where(on_side[..., None], p * jnp.array([1.0, 1.0, 0.0]),
                        jnp.array([0.0, 0.0, 1.0]) * jnp.sign(p[..., 2:3]))
