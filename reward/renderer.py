@@ -183,9 +183,9 @@ _HIT_FUNCTIONS = {_SPHERE: hit_sphere, _ELLIPSOID: hit_ellipsoid, _BOX: hit_box,
 _BOX_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
 WINDOW_SIDES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 _NEAR = 1e-3  # metres: a primitive with corners both nearer and farther straddles the camera
-# Work memory, used to size chunks (from XLA's `memory_analysis` of the CPU programs, rounded
-# up): bytes per window pixel (windowed path), per ray-primitive test (exhaustive path) and per
-# image pixel (both).
+# Estimated work memory, used only to size chunks: bytes per window pixel (windowed path), per
+# ray-primitive test (exhaustive path) and per image pixel (both). They are estimates, not fits;
+# XLA's own account (`memory_analysis`) is what tests and benchmarks report.
 _BYTES_PER_WINDOW_PIXEL = 64
 _BYTES_PER_TEST = 96
 _BYTES_PER_PIXEL = 256
