@@ -1,4 +1,7 @@
-"""Environment throughput: steps per second for each physics backend x embodiment x batch size.
+"""Benchmarks: environment steps/s (`--suite envs`), silhouette masks/s (`--suite renderer`) and
+TimeSformer clips/s (`--suite timesformer`, measured by experiments/encoder_benchmark.py).
+
+Environment throughput: steps per second for each physics backend x embodiment x batch size.
 
 For every (embodiment, backend, batch size B) the env is wrapped with brax's training wrappers
 (vmap + 1000-step episodes + auto-reset, so robots that fall under random actions restart) and a
@@ -9,15 +12,25 @@ K is chosen from a short warm-up so that the timed call lasts about `--target-se
     env steps/s     = B * K / seconds
     physics steps/s = env steps/s * n_substeps   (5 substeps of 2 ms per control step)
 
-Reproduce (writes benchmarks/envs.json and benchmarks/envs.md):
+Renderer throughput: masks per second of the pure-JAX silhouette renderer
+(`reward.silhouettes.render`: MJX kinematics + ray casting, jitted, one call per batch) against
+`mujoco.Renderer` segmentation at the same resolution on the same machine (one frame at a time:
+`update_scene` + `render`, kinematics not counted), over the same random poses (joints uniform
+within their limits). Memory is XLA's account of the compiled program (`memory_analysis`:
+arguments + outputs + work memory), also for a batch of 4096 (compiled, not run).
 
-    python experiments/benchmark.py
-    python experiments/benchmark.py --embodiments h1 --backends cpu --batch-sizes 1   # quick check
+Reproduce (writes benchmarks/{envs,renderer,timesformer}.{json,md}):
+
+    python experiments/benchmark.py                       # every suite
+    python experiments/benchmark.py --suite renderer --embodiments h1
+    python experiments/benchmark.py --suite envs --embodiments h1 --backends cpu --batch-sizes 1
+    python experiments/benchmark.py --suite timesformer --encoder-configs small
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pathlib
 import platform
@@ -27,11 +40,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import mujoco
+import numpy as np
 from brax.envs.base import State
 from brax.envs.wrappers import training
 
+import encoder_benchmark  # experiments/, next to this script
 from nil_jax import envs
 from nil_jax.io_utils import write_json, write_text
+from nil_jax.reward import silhouettes
 
 WARMUP_STEPS = 1  # control steps per warm-up call; grown 4x until a call lasts 10% of the target
 MAX_STEPS = 100_000
@@ -104,10 +120,98 @@ def measure(env, batch_size: int, target_seconds: float = 2.0, seed: int = 0) ->
     )
 
 
-def machine_info() -> dict:
-    return dict(devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count(),
+def random_poses(embodiment, count: int, seed: int = 0) -> np.ndarray:
+    """Home pose with every limited joint (not the root) uniform within its range."""
+    model, rng = embodiment.mj_model, np.random.default_rng(seed)
+    poses = np.tile(embodiment.init_qpos, (count, 1))
+    for j in range(model.njnt):
+        if model.jnt_limited[j] and model.jnt_bodyid[j] != model.jnt_bodyid[0]:
+            poses[:, model.jnt_qposadr[j]] = rng.uniform(*model.jnt_range[j], size=count)
+    return poses
+
+
+def measure_renderer(embodiment, batch_size: int, size: int, target_seconds: float,
+                     large_batch: int = 4096) -> dict:
+    """Masks/s of the JAX renderer and of mujoco.Renderer for one embodiment and batch size."""
+    sil = silhouettes.make(embodiment, size, size)
+    qpos = jnp.asarray(random_poses(embodiment, batch_size), jnp.float32)
+    render = jax.jit(functools.partial(silhouettes.render, sil))
+    compiled, compile_s = timed_call(lambda: render.lower(qpos).compile())
+    frames, _ = timed_call(compiled, qpos)  # first run: allocations, threads
+    _, once_s = timed_call(compiled, qpos)
+    calls = max(1, round(target_seconds / once_s))
+    start = time.perf_counter()
+    for _ in range(calls):
+        jax.block_until_ready(compiled(qpos))
+    seconds = time.perf_counter() - start
+
+    def memory(program) -> dict:
+        """XLA's account: work memory (what the budget bounds), and inputs + outputs."""
+        stats = program.memory_analysis()
+        return dict(work=int(stats.temp_size_in_bytes),
+                    inputs_outputs=int(stats.argument_size_in_bytes
+                                       + stats.output_size_in_bytes))
+
+    large = render.lower(jax.ShapeDtypeStruct((large_batch, qpos.shape[1]), qpos.dtype)).compile()
+    model, data = embodiment.mj_model, mujoco.MjData(embodiment.mj_model)
+    poses = np.asarray(qpos, np.float64)
+    with mujoco.Renderer(model, size, size) as oracle:
+        oracle.enable_segmentation_rendering()
+        count, mujoco_s = 0, 0.0
+        while mujoco_s < target_seconds or count < batch_size:
+            data.qpos[:] = poses[count % batch_size]
+            mujoco.mj_kinematics(model, data)
+            mujoco.mj_comPos(model, data)
+            mujoco.mj_camlight(model, data)
+            begin = time.perf_counter()
+            oracle.update_scene(data, camera=embodiment.camera_id)
+            oracle.render()
+            mujoco_s += time.perf_counter() - begin
+            count += 1
+    masks_per_s = batch_size * calls / seconds
+    mujoco_per_s = count / mujoco_s
+    tiers = np.bincount(np.asarray(frames["tier"]), minlength=len(sil.spec.tiers) + 1)
+    return dict(
+        embodiment=embodiment.name, batch_size=batch_size, size=size,
+        primitives=len(sil.spec.label), window_pixels=sil.spec.window_pixels(0),
+        masks_per_s=masks_per_s, mujoco_masks_per_s=mujoco_per_s,
+        ratio=masks_per_s / mujoco_per_s, compile_s=compile_s,
+        memory_bytes=memory(compiled), large_batch=large_batch,
+        large_batch_memory_bytes=memory(large), memory_budget=sil.spec.memory_budget,
+        frames_per_tier=tiers.tolist(),
+    )
+
+
+def renderer_table(results: list[dict], machine: dict) -> str:
+    def mb(memory):
+        return f"{memory['work'] / 1e6:,.0f} + {memory['inputs_outputs'] / 1e6:,.0f}"
+
+    lines = [
+        f"Machine: devices {machine['devices']}, {machine['cpu_count']} CPUs "
+        f"({machine['processor']}), jax {machine['jax']}, mujoco {machine['mujoco']}. "
+        f"{results[0]['size']}x{results[0]['size']} masks; memory = XLA's account of the "
+        f"compiled program: work memory (bounded by the budget, "
+        f"{results[0]['memory_budget'] / 2 ** 30:.0f} GiB) + inputs and outputs (mask, depth, "
+        "geom id and shade images: 13 bytes per pixel).",
+        "",
+        "| embodiment | primitives | batch | JAX masks/s | mujoco.Renderer masks/s | ratio "
+        f"| memory (MB) | memory at batch {results[0]['large_batch']} (MB) | frames per tier |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['embodiment']} | {r['primitives']} | {r['batch_size']} "
+            f"| {r['masks_per_s']:,.1f} | {r['mujoco_masks_per_s']:,.1f} | {r['ratio']:.2f} "
+            f"| {mb(r['memory_bytes'])} | {mb(r['large_batch_memory_bytes'])} "
+            f"| {r['frames_per_tier']} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine_info(with_torch: bool = False) -> dict:
+    info = dict(devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count(),
                 processor=platform.processor() or platform.machine(),
                 jax=jax.__version__, mujoco=mujoco.__version__)
+    return {**info, **encoder_benchmark.torch_versions()} if with_torch else info
 
 
 def markdown_table(results: list[dict], machine: dict) -> str:
@@ -134,20 +238,7 @@ def markdown_table(results: list[dict], machine: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--embodiments", nargs="+", default=list(envs.EMBODIMENTS),
-                        choices=list(envs.EMBODIMENTS))
-    parser.add_argument("--backends", nargs="+", default=list(envs.BACKENDS),
-                        choices=list(envs.BACKENDS))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 256])
-    parser.add_argument("--task", default="walk", choices=sorted(envs.TASKS))
-    parser.add_argument("--target-seconds", type=float, default=2.0)
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/envs.json"))
-    args = parser.parse_args()
-
-    machine = machine_info()
-    print(f"machine: {machine}", flush=True)
+def run_envs(args, machine) -> tuple[dict, str]:
     results = []
     for embodiment in args.embodiments:
         for backend in args.backends:
@@ -159,11 +250,54 @@ def main() -> None:
                       f"{record['env_steps_per_s']:12,.0f} env steps/s "
                       f"{record['physics_steps_per_s']:12,.0f} physics steps/s "
                       f"compile {record['compile_s']:5.1f} s", flush=True)
+    return dict(machine=machine, task=args.task, results=results), markdown_table(results, machine)
 
-    table = markdown_table(results, machine)
-    write_json(args.out, dict(machine=machine, task=args.task, results=results))
-    write_text(args.out.with_suffix(".md"), table)
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}\n\n{table}")
+
+def run_renderer(args, machine) -> tuple[dict, str]:
+    results = []
+    for name in args.embodiments:
+        embodiment = envs.embodiments.load(name)
+        for batch_size in args.batch_sizes:
+            record = measure_renderer(embodiment, batch_size, args.image_size,
+                                      args.target_seconds)
+            results.append(record)
+            print(f"{name:6s} B={batch_size:4d} {record['masks_per_s']:9,.1f} masks/s "
+                  f"(mujoco.Renderer {record['mujoco_masks_per_s']:7,.1f}, "
+                  f"ratio {record['ratio']:5.2f}) work memory "
+                  f"{record['memory_bytes']['work'] / 1e6:,.0f} MB "
+                  f"compile {record['compile_s']:5.1f} s tiers {record['frames_per_tier']}",
+                  flush=True)
+    return dict(machine=machine, results=results), renderer_table(results, machine)
+
+
+# Each suite returns (JSON record, markdown table), written to benchmarks/<suite>.{json,md}.
+SUITES = dict(envs=run_envs, renderer=run_renderer, timesformer=encoder_benchmark.run_timesformer)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--suite", nargs="+", default=list(SUITES), choices=list(SUITES))
+    parser.add_argument("--embodiments", nargs="+", default=list(envs.EMBODIMENTS),
+                        choices=list(envs.EMBODIMENTS))
+    parser.add_argument("--backends", nargs="+", default=list(envs.BACKENDS),
+                        choices=list(envs.BACKENDS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 256])
+    parser.add_argument("--task", default="walk", choices=sorted(envs.TASKS))
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--target-seconds", type=float, default=2.0)
+    parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("benchmarks"))
+    encoder_benchmark.add_arguments(parser.add_argument_group("timesformer suite"))
+    args = parser.parse_args()
+
+    machine = machine_info(with_torch="timesformer" in args.suite)
+    print(f"machine: {machine}", flush=True)
+    for name, run in SUITES.items():
+        if name in args.suite:
+            record, table = run(args, machine)
+            out = args.out_dir / f"{name}.json"
+            write_json(out, record)
+            write_text(out.with_suffix(".md"), table)
+            print(f"\nwrote {out} and {out.with_suffix('.md')}\n\n{table}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,18 +17,22 @@ def publish(tmp: str, path: pathlib.Path) -> None:
     os.replace(tmp, path)
 
 
-def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+def write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent, prefix=f".{path.stem}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         publish(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+    return write_bytes(path, text.encode())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> pathlib.Path:

@@ -182,6 +182,7 @@ _HIT_FUNCTIONS = {_SPHERE: hit_sphere, _ELLIPSOID: hit_ellipsoid, _BOX: hit_box,
 
 _BOX_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
 WINDOW_SIDES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+SHADE_BITS = 8  # grey levels in a z-buffer key (render_windowed)
 _NEAR = 1e-3  # metres: a primitive with corners both nearer and farther straddles the camera
 # Estimated work memory, used only to size chunks: bytes per window pixel (windowed path), per
 # ray-primitive test (exhaustive path) and per image pixel (both). They are estimates, not fits;
@@ -256,6 +257,7 @@ class RenderSpec:
     rays: np.ndarray  # (H*W, 3) camera-frame ray directions
     pixel_chunk: int  # pixels per step of the exhaustive path
     min_depth: float
+    max_depth: float  # metres: the range of the fast path's fixed-point distances
     memory_budget: int  # bytes of work memory that `render_batch` aims to stay within
 
     @property
@@ -269,7 +271,12 @@ class RenderSpec:
     @property
     def label_bits(self) -> int:
         """Low bits of a z-buffer key that hold the geom label (see `render_windowed`)."""
-        return max(1, int(np.ceil(np.log2(int(self.label.max()) + 2))))
+        return max(1, int(np.ceil(np.log2(int(self.label.max()) + 1))))
+
+    @property
+    def depth_bits(self) -> int:
+        """High bits of a z-buffer key that hold the hit distance (see `render_windowed`)."""
+        return 32 - SHADE_BITS - self.label_bits
 
 
 def body_geoms(model: mujoco.MjModel) -> list[int]:
@@ -310,19 +317,27 @@ def window_side(half_extent: np.ndarray, focal: float, min_depth: float) -> int:
 
 
 def make_render_spec(primitives: Sequence[Primitive], fovy: float, height: int = 224,
-                     width: int = 224, *, min_depth: float, tiers: int = 2,
-                     pixel_chunk: int = 4096, memory_budget: int = 2 ** 30) -> RenderSpec:
+                     width: int = 224, *, min_depth: float, max_depth: float = 64.0,
+                     tiers: int = 2, pixel_chunk: int = 4096,
+                     memory_budget: int = 2 ** 30) -> RenderSpec:
     """Groups the primitives and sizes their windows.
 
     min_depth: metres from the camera (along its view axis) down to which every primitive fits
       its first-tier window; tier k's windows are 2^k times larger; a frame that fits no tier is
       rendered exhaustively. Every path gives the same image; only the time differs.
+    max_depth: metres covered by the windowed paths' fixed-point distances; their depth step is
+      max_depth / 2^(24 - label bits) (0.5 mm for the default 64 m and up to 128 geoms).
     memory_budget: bytes of intermediate memory `render_batch` may use (it chunks environments).
     """
     if not primitives:
         raise ValueError("Nothing to render: no primitives given.")
     if not min_depth > 0:
         raise ValueError(f"min_depth must be a positive distance in metres, got {min_depth}.")
+    if not max_depth > min_depth:
+        raise ValueError(f"max_depth ({max_depth}) must exceed min_depth ({min_depth}).")
+    if int(max(p.label for p in primitives)) >= 2 ** (32 - SHADE_BITS - 12):
+        raise ValueError("Geom labels above 4095 do not fit a z-buffer key (12 bits at most, "
+                         "so that distances keep 12 bits); renumber the geoms.")
     if tiers < 1:
         raise ValueError(f"At least one window tier is needed, got tiers={tiers}.")
     kinds = np.array([p.kind for p in primitives])
@@ -362,7 +377,7 @@ def make_render_spec(primitives: Sequence[Primitive], fovy: float, height: int =
                       for sides in (np.array([window_side(h, focal, min_depth / 2 ** tier)
                                               for h in halves]) for tier in range(tiers))),
         rays=camera_rays(height, width, fovy), pixel_chunk=chunk, min_depth=float(min_depth),
-        memory_budget=int(memory_budget))
+        max_depth=float(max_depth), memory_budget=int(memory_budget))
 
 
 def _world_poses(spec: RenderSpec, xpos, xmat):
@@ -394,7 +409,7 @@ def _frame(spec: RenderSpec, t, primitive, geom_pos, geom_rot, cam_xpos, cam_xma
     point = cam_xpos + jnp.where(hit, t, 0.0)[:, None] * directions - pos
     local = jnp.sum(rot * point[:, :, None], axis=1)  # R^T (x - pos)
     normal = jnp.sum(rot * surface_normal(row[:, 15], size, local)[:, None, :], axis=2)
-    shade = _lambert(normal, directions)
+    shade = jnp.round(_lambert(normal, directions) * 255) / 255  # 8-bit, as the fast path
     shape = (spec.height, spec.width)
     return {"mask": hit.reshape(shape),
             # Depth along the camera's viewing axis, as a z-buffer stores it.
@@ -470,24 +485,25 @@ def render_windowed(spec: RenderSpec, xpos: jax.Array, xmat: jax.Array, cam_xpos
     Same inputs and outputs as `render_exhaustive`, plus `overflow` (): some primitive did not
     fit its window, so this frame is incomplete and must be rendered with a larger tier.
 
-    Each window pixel makes an integer key: the hit distance's float bits (positive floats
-    order like their bit patterns) with the geom label in the low `label_bits`; a scatter-min
-    of the keys is a z-buffer that also says which geom won. Distances come back with
-    2^-(23 - label_bits) relative precision in float32 (0.4 mm at 3 m with 1024 labels), ties
-    within it go to the smaller label. The shade is computed for every window pixel (no
-    per-pixel lookups later, which XLA runs slowly) and written by the winning pixel only.
+    Each window pixel makes one 32-bit key: its hit distance in fixed point (the high bits), its
+    grey level (8 bits) and the geom label (the low `label_bits`). One scatter-min of the keys
+    is a z-buffer that also carries the winner's shade and label, so nothing is looked up per
+    pixel afterwards (XLA runs such lookups slowly on the CPU). Distances keep
+    `spec.max_depth / 2^(24 - label_bits)` steps (0.5 mm over 64 m with 128 labels); ties within
+    a step go to the darker, then the smaller, label. Hits beyond `max_depth` count at
+    `max_depth`. The shade comes in steps of 1/255, like an 8-bit image.
     """
     dtype = xpos.dtype
-    int_type = jnp.int32 if jnp.dtype(dtype).itemsize == 4 else jnp.int64
-    no_hit = jnp.iinfo(int_type).max
-    label_mask = (1 << spec.label_bits) - 1
+    no_hit = jnp.uint32(0xFFFFFFFF)
+    label_bits, depth_bits = spec.label_bits, spec.depth_bits
+    depth_step = spec.max_depth / (2 ** depth_bits - 1)
     geom_pos, geom_rot = _world_poses(spec, xpos, xmat)
     cam_xmat = cam_xmat.reshape(3, 3)
     # Per primitive, once: window corner, and the camera's position and axes in its frame.
     origins, overflow = _window_origin(spec, tier, geom_pos, geom_rot, cam_xpos, cam_xmat)
     to_locals = jnp.einsum("nji,jk->nik", geom_rot, cam_xmat)  # R^T M
     local_origins = jnp.einsum("nji,nj->ni", geom_rot, cam_xpos - geom_pos)
-    keys, pixels, shades = [], [], []
+    keys, pixels = [], []
     for group in spec.tiers[tier]:
         origin = origins[group.index]
         rows, cols = np.meshgrid(np.arange(group.window[0]), np.arange(group.window[1]),
@@ -504,33 +520,45 @@ def render_windowed(spec: RenderSpec, xpos: jax.Array, xmat: jax.Array, cam_xpos
         size = jnp.asarray(group.size, dtype)
         # Distances come in units of |d| = |(x, y, -1)|; times |d| they are metres.
         t = jax.vmap(_HIT_FUNCTIONS[group.kind])(local_origin[:, 0], local_dir, size)
-        point = local_origin + jnp.where(jnp.isfinite(t), t, 0.0)[..., None] * local_dir
+        hit = jnp.isfinite(t)
+        point = local_origin + jnp.where(hit, t, 0.0)[..., None] * local_dir
         normal = _NORMAL_FUNCTIONS[group.kind](point, size[:, None])
-        shades.append(_lambert(normal, local_dir).ravel())
-        t = t * jnp.sqrt(x[..., 0] ** 2 + y[..., 0] ** 2 + 1)
-        bits = jax.lax.bitcast_convert_type(t, int_type)
-        key = (bits & ~label_mask) | jnp.asarray(spec.label[group.index], int_type)[:, None]
-        keys.append(jnp.where(jnp.isfinite(t), key, no_hit).ravel())
+        grey = jnp.round(_lambert(normal, local_dir) * 255).astype(jnp.uint32)
+        metres = jnp.where(hit, t, 0.0) * jnp.sqrt(x[..., 0] ** 2 + y[..., 0] ** 2 + 1)
+        # The top depth code is left out so that no key equals `no_hit`.
+        depth = jnp.minimum(jnp.round(metres / depth_step), 2 ** depth_bits - 2)
+        key = ((depth.astype(jnp.uint32) << (SHADE_BITS + label_bits)) | (grey << label_bits)
+               | jnp.asarray(spec.label[group.index], jnp.uint32)[:, None])
+        keys.append(jnp.where(hit, key, no_hit).ravel())
         pixels.append((row * spec.width + col).ravel())
     keys, pixels = jnp.concatenate(keys), jnp.concatenate(pixels)
-    num_pixels = spec.height * spec.width
-    nearest = jnp.full(num_pixels, no_hit, int_type).at[pixels].min(keys)
-    winner = jnp.where((keys == nearest[pixels]) & (keys != no_hit), pixels, num_pixels)
-    shade = jnp.zeros(num_pixels, dtype).at[winner].set(jnp.concatenate(shades), mode="drop")
+    nearest = jnp.full(spec.height * spec.width, no_hit).at[pixels].min(keys)
     hit = nearest != no_hit
-    t = jax.lax.bitcast_convert_type(nearest & ~label_mask, dtype)
+    metres = (nearest >> (SHADE_BITS + label_bits)).astype(dtype) * depth_step
+    grey = (nearest >> label_bits) & (2 ** SHADE_BITS - 1)
     shape = (spec.height, spec.width)
     return {"mask": hit.reshape(shape),
             # Depth along the camera's viewing axis, as a z-buffer stores it.
-            "depth": jnp.where(hit, t * -jnp.asarray(spec.rays[:, 2], dtype), 0.0).reshape(shape),
-            "geom": jnp.where(hit, (nearest & label_mask).astype(jnp.int32), -1).reshape(shape),
-            "shade": shade.reshape(shape), "overflow": jnp.any(overflow)}
+            "depth": jnp.where(hit, metres * -jnp.asarray(spec.rays[:, 2], dtype), 0.0
+                               ).reshape(shape),
+            "geom": jnp.where(hit, (nearest & (2 ** label_bits - 1)).astype(jnp.int32), -1
+                              ).reshape(shape),
+            "shade": jnp.where(hit, grey.astype(dtype) / 255, 0.0).reshape(shape),
+            "overflow": jnp.any(overflow)}
 
 
 def _chunked(fn, chunk: int, *args):
-    """vmap `fn` over the leading axis in chunks of `chunk` (lax.map), padding the last one."""
+    """vmap `fn` over the leading axis in steps of at most `chunk` (lax.map).
+
+    A step size that divides the batch is preferred (down to half of `chunk`): then the
+    stacked results are the output as they are, where padding would need a batch-sized copy
+    to cut the padding off (XLA counts it as work memory: the size of all the frames)."""
     batch = args[0].shape[0]
-    chunk = -(-batch // -(-batch // chunk))  # as many steps as needed, then as even as can be
+    divisor = next((c for c in range(min(chunk, batch), 0, -1) if batch % c == 0), 1)
+    if 2 * divisor >= min(chunk, batch):
+        chunk = divisor
+    else:
+        chunk = -(-batch // -(-batch // chunk))  # as many steps as needed, as even as can be
     padded = -(-batch // chunk) * chunk
     args = [jnp.concatenate([a, jnp.broadcast_to(a[:1], (padded - batch,) + a.shape[1:])])
             .reshape((padded // chunk, chunk) + a.shape[1:]) for a in args]
