@@ -62,7 +62,7 @@ def cache_root() -> pathlib.Path:
     return pathlib.Path(base) / "robots" / f"loco-mujoco-{LOCO_MUJOCO_VERSION}"
 
 
-def _sha256_file(path: pathlib.Path) -> str:
+def sha256_file(path: pathlib.Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -79,7 +79,7 @@ def folder_digest(folder: pathlib.Path) -> str:
             path = pathlib.Path(root) / name
             h.update(os.path.relpath(path, folder).encode())
             h.update(b"\0")
-            h.update(bytes.fromhex(_sha256_file(path)))
+            h.update(bytes.fromhex(sha256_file(path)))
     return h.hexdigest()
 
 
@@ -107,7 +107,7 @@ def _download_sdist(dest_dir: pathlib.Path) -> pathlib.Path:
 def _verified_sdist(root: pathlib.Path) -> pathlib.Path:
     """The sdist kept in the cache, checked against SDIST_SHA256; fetched if absent or bad."""
     kept = root / SDIST_NAME
-    if kept.exists() and _sha256_file(kept) == SDIST_SHA256:
+    if kept.exists() and sha256_file(kept) == SDIST_SHA256:
         return kept
     source = os.environ.get("NIL_JAX_LOCO_MUJOCO_SDIST")
     with tempfile.TemporaryDirectory(dir=root) as tmp:
@@ -120,7 +120,7 @@ def _verified_sdist(root: pathlib.Path) -> pathlib.Path:
             shutil.copyfile(source, candidate)
         else:
             candidate = _download_sdist(pathlib.Path(tmp))
-        digest = _sha256_file(candidate)
+        digest = sha256_file(candidate)
         if digest != SDIST_SHA256:
             raise RobotAssetsError(
                 f"{SDIST_NAME} has sha256 {digest}, expected {SDIST_SHA256}: the archive is "

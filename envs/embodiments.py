@@ -281,7 +281,7 @@ def _build_spec(spec: EmbodimentSpec) -> mujoco.MjSpec:
     return mj_spec
 
 
-def _geom_lowest_z(model: mujoco.MjModel, data: mujoco.MjData, geom: int) -> float:
+def geom_lowest_z(model: mujoco.MjModel, data: mujoco.MjData, geom: int) -> float:
     kind, size = model.geom_type[geom], model.geom_size[geom]
     pos, mat = data.geom_xpos[geom], data.geom_xmat[geom].reshape(3, 3)
     if kind == mujoco.mjtGeom.mjGEOM_SPHERE:
@@ -360,7 +360,7 @@ def build(spec: EmbodimentSpec) -> Embodiment:
     data = mujoco.MjData(model)
     data.qpos[:] = qpos
     mujoco.mj_kinematics(model, data)
-    lowest = min(_geom_lowest_z(model, data, g) for g in foot_geoms)
+    lowest = min(geom_lowest_z(model, data, g) for g in foot_geoms)
     qpos[model.jnt_qposadr[vertical[0]]] -= lowest
 
     _add_tracking_camera(mj_spec, model, root, qpos)

@@ -1,5 +1,6 @@
-"""Benchmarks: environment steps/s (`--suite envs`), silhouette masks/s (`--suite renderer`) and
-TimeSformer clips/s (`--suite timesformer`, measured by experiments/encoder_benchmark.py).
+"""Benchmarks: environment steps/s (`--suite envs`), silhouette masks/s (`--suite renderer`),
+TimeSformer clips/s (`--suite timesformer`, measured by experiments/encoder_benchmark.py) and
+BRO updates/s and training env steps/s (`--suite agent`, experiments/agent_benchmark.py).
 
 Environment throughput: steps per second for each physics backend x embodiment x batch size.
 
@@ -19,7 +20,7 @@ Renderer throughput: masks per second of the pure-JAX silhouette renderer
 within their limits). Memory is XLA's account of the compiled program (`memory_analysis`:
 arguments + outputs + work memory), also for a batch of 4096 (compiled, not run).
 
-Reproduce (writes benchmarks/{envs,renderer,timesformer}.{json,md}):
+Reproduce (writes benchmarks/{envs,renderer,timesformer,agent}.{json,md}):
 
     python experiments/benchmark.py                       # every suite
     python experiments/benchmark.py --suite renderer --embodiments h1
@@ -44,7 +45,8 @@ import numpy as np
 from brax.envs.base import State
 from brax.envs.wrappers import training
 
-import encoder_benchmark  # experiments/, next to this script
+import agent_benchmark  # experiments/, next to this script
+import encoder_benchmark
 from nil_jax import envs
 from nil_jax.io_utils import write_json, write_text
 from nil_jax.reward import silhouettes
@@ -130,10 +132,31 @@ def random_poses(embodiment, count: int, seed: int = 0) -> np.ndarray:
     return poses
 
 
+def mujoco_masks_per_s(embodiment, poses: np.ndarray, size: int, target_seconds: float) -> float:
+    """mujoco.Renderer segmentation, one frame at a time (update_scene + render timed only)."""
+    model, data = embodiment.mj_model, mujoco.MjData(embodiment.mj_model)
+    with mujoco.Renderer(model, size, size) as oracle:
+        oracle.enable_segmentation_rendering()
+        count, mujoco_s = 0, 0.0
+        while mujoco_s < target_seconds or count < len(poses):
+            data.qpos[:] = poses[count % len(poses)]
+            mujoco.mj_kinematics(model, data)
+            mujoco.mj_comPos(model, data)
+            mujoco.mj_camlight(model, data)
+            begin = time.perf_counter()
+            oracle.update_scene(data, camera=embodiment.camera_id)
+            oracle.render()
+            mujoco_s += time.perf_counter() - begin
+            count += 1
+    return count / mujoco_s
+
+
 def measure_renderer(embodiment, batch_size: int, size: int, target_seconds: float,
-                     large_batch: int = 4096) -> dict:
-    """Masks/s of the JAX renderer and of mujoco.Renderer for one embodiment and batch size."""
-    sil = silhouettes.make(embodiment, size, size)
+                     large_batch: int = 4096, baseline: bool = True,
+                     memory_budget: int = 2 ** 30) -> dict:
+    """Masks/s of the JAX renderer and (`baseline`) of mujoco.Renderer for one embodiment and
+    batch size."""
+    sil = silhouettes.make(embodiment, size, size, memory_budget=memory_budget)
     qpos = jnp.asarray(random_poses(embodiment, batch_size), jnp.float32)
     render = jax.jit(functools.partial(silhouettes.render, sil))
     compiled, compile_s = timed_call(lambda: render.lower(qpos).compile())
@@ -153,23 +176,9 @@ def measure_renderer(embodiment, batch_size: int, size: int, target_seconds: flo
                                        + stats.output_size_in_bytes))
 
     large = render.lower(jax.ShapeDtypeStruct((large_batch, qpos.shape[1]), qpos.dtype)).compile()
-    model, data = embodiment.mj_model, mujoco.MjData(embodiment.mj_model)
-    poses = np.asarray(qpos, np.float64)
-    with mujoco.Renderer(model, size, size) as oracle:
-        oracle.enable_segmentation_rendering()
-        count, mujoco_s = 0, 0.0
-        while mujoco_s < target_seconds or count < batch_size:
-            data.qpos[:] = poses[count % batch_size]
-            mujoco.mj_kinematics(model, data)
-            mujoco.mj_comPos(model, data)
-            mujoco.mj_camlight(model, data)
-            begin = time.perf_counter()
-            oracle.update_scene(data, camera=embodiment.camera_id)
-            oracle.render()
-            mujoco_s += time.perf_counter() - begin
-            count += 1
+    mujoco_per_s = mujoco_masks_per_s(embodiment, np.asarray(qpos, np.float64), size,
+                                      target_seconds) if baseline else float("nan")
     masks_per_s = batch_size * calls / seconds
-    mujoco_per_s = count / mujoco_s
     tiers = np.bincount(np.asarray(frames["tier"]), minlength=len(sil.spec.tiers) + 1)
     return dict(
         embodiment=embodiment.name, batch_size=batch_size, size=size,
@@ -191,7 +200,7 @@ def renderer_table(results: list[dict], machine: dict) -> str:
         f"({machine['processor']}), jax {machine['jax']}, mujoco {machine['mujoco']}. "
         f"{results[0]['size']}x{results[0]['size']} masks; memory = XLA's account of the "
         f"compiled program: work memory (bounded by the budget, "
-        f"{results[0]['memory_budget'] / 2 ** 30:.0f} GiB) + inputs and outputs (mask, depth, "
+        f"{results[0]['memory_budget'] / 2 ** 30:g} GiB) + inputs and outputs (mask, depth, "
         "geom id and shade images: 13 bytes per pixel).",
         "",
         "| embodiment | primitives | batch | JAX masks/s | mujoco.Renderer masks/s | ratio "
@@ -259,7 +268,8 @@ def run_renderer(args, machine) -> tuple[dict, str]:
         embodiment = envs.embodiments.load(name)
         for batch_size in args.batch_sizes:
             record = measure_renderer(embodiment, batch_size, args.image_size,
-                                      args.target_seconds)
+                                      args.target_seconds, baseline=args.renderer_baseline,
+                                      memory_budget=int(args.render_memory_gib * 2 ** 30))
             results.append(record)
             print(f"{name:6s} B={batch_size:4d} {record['masks_per_s']:9,.1f} masks/s "
                   f"(mujoco.Renderer {record['mujoco_masks_per_s']:7,.1f}, "
@@ -271,7 +281,8 @@ def run_renderer(args, machine) -> tuple[dict, str]:
 
 
 # Each suite returns (JSON record, markdown table), written to benchmarks/<suite>.{json,md}.
-SUITES = dict(envs=run_envs, renderer=run_renderer, timesformer=encoder_benchmark.run_timesformer)
+SUITES = dict(envs=run_envs, renderer=run_renderer, timesformer=encoder_benchmark.run_timesformer,
+              agent=agent_benchmark.run_agent)
 
 
 def main() -> None:
@@ -284,20 +295,24 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 256])
     parser.add_argument("--task", default="walk", choices=sorted(envs.TASKS))
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--renderer-baseline", action=argparse.BooleanOptionalAction,
+                        default=True, help="also time mujoco.Renderer (needs OpenGL)")
+    parser.add_argument("--render-memory-gib", type=float, default=1.0,
+                        help="the renderer's work-memory budget (GiB)")
     parser.add_argument("--target-seconds", type=float, default=2.0)
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("benchmarks"))
     encoder_benchmark.add_arguments(parser.add_argument_group("timesformer suite"))
+    agent_benchmark.add_arguments(parser.add_argument_group("agent suite"))
     args = parser.parse_args()
 
     machine = machine_info(with_torch="timesformer" in args.suite)
     print(f"machine: {machine}", flush=True)
-    for name, run in SUITES.items():
-        if name in args.suite:
-            record, table = run(args, machine)
-            out = args.out_dir / f"{name}.json"
-            write_json(out, record)
-            write_text(out.with_suffix(".md"), table)
-            print(f"\nwrote {out} and {out.with_suffix('.md')}\n\n{table}", flush=True)
+    for name in dict.fromkeys(args.suite):  # in the order asked for, each once
+        record, table = SUITES[name](args, machine)
+        out = args.out_dir / f"{name}.json"
+        write_json(out, record)
+        write_text(out.with_suffix(".md"), table)
+        print(f"\nwrote {out} and {out.with_suffix('.md')}\n\n{table}", flush=True)
 
 
 if __name__ == "__main__":

@@ -41,13 +41,16 @@ def render_trajectory(model: mujoco.MjModel, qpos: np.ndarray, camera: int | str
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> pathlib.Path:
-    """Writes frames to `path` (mp4/gif by suffix) through a temporary file, then renames."""
+    """Writes frames to `path` (mp4/webm by suffix) through a temporary file, then renames."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent, prefix=f".{path.stem}.")
     os.close(fd)
     try:
-        imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
+        # ffmpeg's default codec for mp4 (libx264) does not fit a webm container.
+        codec = {".webm": "libvpx-vp9"}.get(path.suffix.lower())
+        imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1,
+                         **({"codec": codec} if codec else {}))
         publish(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -64,7 +64,7 @@ def test_corrupt_kept_sdist_is_fetched_again(empty_cache, verified_sdist, monkey
     shutil.rmtree(folder)
     assets.model_folder("talos")
     assert assets.folder_digest(folder) == assets.MODEL_FOLDERS["talos"]
-    assert assets._sha256_file(empty_cache / assets.SDIST_NAME) == assets.SDIST_SHA256
+    assert assets.sha256_file(empty_cache / assets.SDIST_NAME) == assets.SDIST_SHA256
 
 
 def test_wrong_archive_gives_a_clear_error(empty_cache, tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ def test_home_pose_stands_on_the_floor(name):
     mujoco.mj_resetDataKeyframe(model, data, model.key(embodiments.HOME_KEY).id)
     np.testing.assert_allclose(data.qpos, emb.init_qpos)
     mujoco.mj_forward(model, data)
-    lowest = min(embodiments._geom_lowest_z(model, data, g) for g in emb.foot_geom_ids)
+    lowest = min(embodiments.geom_lowest_z(model, data, g) for g in emb.foot_geom_ids)
     assert abs(lowest) < 1e-6  # the lowest foot touches the floor
     assert set(data.contact.geom[:data.ncon].ravel()) - {0} <= set(emb.foot_geom_ids)
     assert not tasks.fallen(emb, emb.init_qpos)

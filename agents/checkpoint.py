@@ -1,0 +1,43 @@
+"""Saving and restoring a whole BRO run (`bro.LearnerState`) with orbax.
+
+    save(path, state)                       every array: agent, optimizer states, duals, the
+                                            initial parameters, replay, environments, rng, step
+    restore(path, learner, num_seeds=None)  a state of the same shapes, read back exactly
+
+A restored state continues bit-identically to the saved one on the same machine: nothing of the
+run lives outside the state (the learner and its compiled functions are rebuilt from the
+config). The layout to restore into comes from `jax.eval_shape` of `learner.init`, so no
+throw-away state is built and no environment is stepped.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from nil_jax.agents import bro
+
+
+def abstract_state(learner: bro.Bro, num_seeds: Optional[int] = None):
+    """Shapes and dtypes of `learner.init(key)`, or of its vmap over `num_seeds` keys."""
+    key = jax.random.PRNGKey(0)
+    if num_seeds is None:
+        return jax.eval_shape(learner.init, key)
+    return jax.eval_shape(jax.vmap(learner.init), jax.random.split(key, num_seeds))
+
+
+def save(path: str | os.PathLike, state: bro.LearnerState) -> None:
+    """Writes `state` to the directory `path` (which must not exist yet) and waits for it."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(path), state)
+        checkpointer.wait_until_finished()
+
+
+def restore(path: str | os.PathLike, learner: bro.Bro,
+            num_seeds: Optional[int] = None) -> bro.LearnerState:
+    """Reads a state saved by `save` for the same config (and number of seeds)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(os.path.abspath(path), abstract_state(learner, num_seeds))
