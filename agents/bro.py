@@ -212,11 +212,14 @@ class Bro:
     """The BRO learner for one environment and config: networks, optimizers and pure functions
     of `LearnerState`. Its attributes are set once here and never change."""
 
-    def __init__(self, env: Env, config: BroConfig = BroConfig()):
+    def __init__(self, env: Env, config: BroConfig = BroConfig(), *, batched: bool = False):
+        """`batched`: `env` already steps a batch of environments (its `reset` takes
+        `num_envs` keys), as `nil_jax.nil_env.NilEnv` does; otherwise it is vmapped here."""
         c = self.config = config
-        self.env = env  # the single environment as given
-        self.envs = brax_training.EpisodeWrapper(brax_training.VmapWrapper(env),
-                                                 c.episode_length, action_repeat=1)
+        self.env = env  # the environment as given
+        self.envs = brax_training.EpisodeWrapper(
+            env if batched else brax_training.VmapWrapper(env), c.episode_length,
+            action_repeat=1)
         self.action_size = env.action_size
         self.obs_size = env.observation_size
         self.critic_net = networks.DoubleCritic(c.critic_width, c.critic_depth, c.num_quantiles)

@@ -1,0 +1,137 @@
+"""The NIL environment: a batch of robots rewarded for looking like the reference video.
+
+    reset(keys (N, 2)) -> State      robots at the home pose (+ the task's reset noise), t = 0,
+                                     the clip buffer holding 8 copies of the home frame
+    step(state, actions (N, A)) -> State
+        actions --RobotEnv.step (vmapped; the physics backend batches itself)--> qpos, qvel
+          --MJX kinematics--> body and camera poses --silhouette renderer (the batch at once,
+            chunked within its memory budget)--> mask, shade (N, H, W)
+          --clip buffer--> streams: IoU with reference mask t, TimeSformer similarity with
+            reference embedding t (every `video_stride`-th step for the whole batch, held in
+            between) --+ penalties--> R_t = zeta S_v + beta S_M + eta P_t
+
+This env is already batched (`reset` takes N keys): the video stream's stride is one
+condition for the whole batch, which a per-environment env under `vmap` could not express.
+Episodes end when the robot falls (termination: the task's fall limits) or when the reference
+ends (truncation, through brax's `EpisodeWrapper` with `episode_length = reference.length - 1`,
+so that step t always has a reference frame t). A non-finite reward (a diverged step) is
+replaced by 0, counted in `metrics["nonfinite_reward"]`, and ends the episode.
+
+The environment's own task reward (LocoMujoco's walk reward) is kept as `metrics["reward/env"]`
+for evaluation; it is never part of the NIL reward.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from brax.envs.base import Env, State
+
+from nil_jax.envs.robot_env import RobotEnv
+from nil_jax.reward import nil_reward, regularizers, renderer, silhouettes
+
+
+class NilEnv(Env):
+    def __init__(self, robot: RobotEnv, reference: nil_reward.Reference,
+                 silhouette: silhouettes.Silhouettes, config: nil_reward.RewardConfig,
+                 encoder: Optional[nil_reward.VideoEncoder] = None):
+        spec = silhouette.spec
+        if reference.masks.shape[1:] != (spec.height, spec.width):
+            raise ValueError(f"reference masks are {reference.masks.shape[1:]}, the renderer draws "
+                             f"{(spec.height, spec.width)}: render at the reference's resolution")
+        if reference.length < nil_reward.CLIP_FRAMES:
+            raise ValueError(f"the reference has {reference.length} frames, fewer than one "
+                             f"{nil_reward.CLIP_FRAMES}-frame clip")
+        self.robot = robot
+        self.reference = reference
+        self.silhouette = silhouette
+        self.config = config
+        self.encoder = encoder
+        self.indices = regularizers.BodyIndices.of(robot.embodiment)
+        self.home_frame = self._home_frame()
+
+    def _home_frame(self) -> np.ndarray:
+        """The encoder's view of the home pose (H, W) uint8: every episode's first frame (the
+        reset noise, 0.01 rad, changes a few pixels at most)."""
+        qpos = jnp.asarray(self.robot.embodiment.init_qpos, jnp.float32)
+        frame = jax.jit(lambda q: renderer.render_exhaustive(
+            self.silhouette.spec, *silhouettes.poses(self.silhouette, q)))(qpos)
+        return np.asarray(nil_reward.encoder_frame(self.config, jax.tree.map(
+            lambda x: x[None], frame))[0])
+
+    @property
+    def observation_size(self) -> int:
+        return self.robot.observation_size
+
+    @property
+    def action_size(self) -> int:
+        return self.robot.action_size
+
+    @property
+    def backend(self) -> str:
+        return self.robot.backend
+
+    def _poses(self, qpos: jax.Array):
+        return jax.vmap(lambda q: silhouettes.poses(self.silhouette, q))(qpos)
+
+    def reset(self, rng: jax.Array) -> State:
+        state = jax.vmap(self.robot.reset)(rng)
+        batch = rng.shape[0]
+        xpos, _, _, _ = self._poses(state.pipeline_state.qpos)
+        dtype = state.reward.dtype
+        clip = jnp.broadcast_to(jnp.asarray(self.home_frame),
+                                (batch, nil_reward.CLIP_FRAMES) + self.home_frame.shape)
+        info = dict(state.info, t=jnp.zeros(batch, jnp.int32),
+                    previous_action=jnp.zeros((batch, self.action_size), dtype),
+                    xpos=xpos.astype(dtype), clip=clip,
+                    video_similarity=jnp.zeros(batch, dtype),
+                    global_step=jnp.zeros(batch, jnp.int32))
+        metrics = dict(state.metrics, **{name: jnp.zeros(batch, dtype)
+                                         for name in self.metric_names()})
+        return state.replace(info=info, metrics=metrics)
+
+    def metric_names(self) -> tuple[str, ...]:
+        names = ["reward/env", "reward/iou", "nonfinite_reward"]
+        if self.config.video_weight > 0:
+            names.append("reward/video")
+        names += [f"penalty/{t}" for t in regularizers.TERMS
+                  if getattr(self.config.regularizers, t) > 0]
+        return tuple(names + ["penalty/total"])
+
+    def step(self, state: State, action: jax.Array) -> State:
+        info = state.info
+        next_state = jax.vmap(self.robot.step)(state, action)
+        physics = next_state.pipeline_state
+        xpos, xmat, cam_xpos, cam_xmat = self._poses(physics.qpos)
+        frames = renderer.render_batch(self.silhouette.spec, xpos, xmat, cam_xpos, cam_xmat)
+        t = info["t"] + 1
+        clip = nil_reward.push_frame(info["clip"], nil_reward.encoder_frame(self.config, frames),
+                                     jnp.zeros_like(t, bool))
+        # One scalar for the batch: every env counts the same global steps.
+        run_video = info["global_step"][0] % self.config.video_stride == 0
+        terms = nil_reward.streams(self.config, self.reference, self.encoder, step=t,
+                                   frames=frames, clips=clip,
+                                   previous_similarity=info["video_similarity"],
+                                   run_video=run_video)
+        dtype = next_state.reward.dtype
+        xpos = xpos.astype(dtype)
+        terms.update(regularizers.penalties(
+            self.config.regularizers, self.indices, action=action,
+            previous_action=info["previous_action"], qvel=physics.qvel, xpos=xpos,
+            previous_xpos=info["xpos"], xmat=xmat))
+        reward = nil_reward.combine(self.config, terms).astype(dtype)
+        finite = jnp.isfinite(reward)
+        metrics = dict(next_state.metrics)
+        metrics.update({k: jnp.where(finite, v, 0.0).astype(dtype) for k, v in terms.items()
+                        if k in metrics})
+        metrics.update({"reward/env": next_state.reward,
+                        "nonfinite_reward": (~finite).astype(dtype)})
+        info = dict(next_state.info, t=t, previous_action=action.astype(dtype), xpos=xpos,
+                    clip=clip, global_step=info["global_step"] + 1,
+                    video_similarity=terms.get("reward/video", info["video_similarity"]))
+        return next_state.replace(reward=jnp.where(finite, reward, 0.0),
+                                  done=jnp.maximum(next_state.done, (~finite).astype(dtype)),
+                                  metrics=metrics, info=info)

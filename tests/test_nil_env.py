@@ -1,0 +1,101 @@
+"""The NIL environment: physics -> renderer -> clip buffer -> NIL reward, batched, with BRO."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nil_jax import envs
+from nil_jax.agents import bro
+from nil_jax.nil_env import NilEnv
+from nil_jax.references import synthetic
+from nil_jax.reward import (nil_reward, regularizers, renderer, silhouettes, timesformer,
+                            timesformer_weights, video_preprocess)
+
+SIZE = 32  # a small image keeps the renderer's compile and the tiny encoder cheap
+NUM_ENVS = 2
+LENGTH = 12
+TINY = timesformer.TimesformerConfig(image_size=SIZE, patch_size=16, num_frames=8, hidden_size=48,
+                                     num_hidden_layers=1, num_attention_heads=3,
+                                     intermediate_size=96)
+
+
+@pytest.fixture(scope="module")
+def nil():
+    embodiment = envs.embodiments.load("h1")
+    robot = envs.make("h1", task="walk", backend="cpu")
+    sil = silhouettes.make(embodiment, SIZE, SIZE, tiers=1)
+    # The reference: the synthetic walk's poses, drawn by the same renderer.
+    qpos = synthetic.walking_qpos(embodiment, np.arange(LENGTH) * 0.01)
+    frames = jax.jit(lambda q: silhouettes.render(sil, q))(jnp.asarray(qpos, jnp.float32))
+    encoder = nil_reward.VideoEncoder(
+        model=timesformer.TimesformerModel(TINY),
+        params=timesformer_weights.random_params(TINY, seed=2),
+        preprocessing=video_preprocess.VideoPreprocessing(shortest_edge=SIZE,
+                                                          crop_size=(SIZE, SIZE)))
+    grey = np.round(np.asarray(frames["shade"]) * 255).astype(np.uint8)
+    clips = grey[np.clip(np.arange(LENGTH)[:, None] + np.arange(-7, 1), 0, None)]
+    # Embeddings of the reference clips (frame 0 repeated before the start), same encoder.
+    z_ref = jax.jit(lambda c: timesformer.embed(
+        encoder.model, encoder.params, video_preprocess.preprocess(
+            jnp.repeat(c[..., None], 3, -1), encoder.preprocessing)))(clips)
+    reference = nil_reward.Reference(masks=frames["mask"], embeddings=z_ref)
+    config = nil_reward.RewardConfig(video_stride=2)
+    env = NilEnv(robot, reference, sil, config, encoder)
+    reset = jax.jit(env.reset)
+    step = jax.jit(env.step)
+    return dict(env=env, reset=reset, step=step, reference=reference, config=config)
+
+
+def test_steps_give_the_nil_reward_of_each_term(nil):
+    env = nil["env"]
+    state = nil["reset"](jax.random.split(jax.random.PRNGKey(0), NUM_ENVS))
+    np.testing.assert_array_equal(state.info["clip"][:, 0], np.broadcast_to(
+        env.home_frame, (NUM_ENVS,) + env.home_frame.shape))
+    video = []
+    for k in range(4):
+        action = jnp.full((NUM_ENVS, env.action_size), 0.1 * (-1) ** k)
+        previous = state
+        state = nil["step"](state, action)
+        m = jax.device_get(state.metrics)
+        assert np.all(state.info["t"] == k + 1)
+        assert np.all((m["reward/iou"] >= 0) & (m["reward/iou"] <= 1))
+        assert np.all(m["reward/iou"] > 0.3)  # the home pose overlaps the walk's first frames
+        assert all(np.all(m[f"penalty/{t}"] <= 0) for t in regularizers.TERMS)
+        total = sum(m[f"penalty/{t}"] for t in regularizers.TERMS)
+        np.testing.assert_allclose(m["penalty/total"], total, rtol=1e-5)
+        expected = m["reward/video"] + m["reward/iou"] + m["penalty/total"]
+        np.testing.assert_allclose(state.reward, expected, rtol=1e-5, atol=1e-6)
+        assert np.all(m["nonfinite_reward"] == 0)
+        # The clip buffer moved by one frame.
+        np.testing.assert_array_equal(state.info["clip"][:, :-1], previous.info["clip"][:, 1:])
+        video.append(np.asarray(m["reward/video"]))
+    # video_stride 2: computed at global steps 0 and 2, held at 1 and 3.
+    np.testing.assert_array_equal(video[1], video[0])
+    np.testing.assert_array_equal(video[3], video[2])
+    assert np.all(np.abs(video[0]) <= 1 + 1e-5)
+    # The torque penalty of a constant action is known in closed form.
+    indices = env.indices
+    np.testing.assert_allclose(
+        m["penalty/torques"],
+        nil["config"].regularizers.torques * regularizers.torques(indices, action[0]), rtol=1e-5)
+    # The IoU is the renderer's mask against the reference mask of step t.
+    frames = jax.jit(lambda q: silhouettes.render(env.silhouette, q))(
+        state.pipeline_state.qpos)
+    np.testing.assert_allclose(m["reward/iou"], renderer.mask_iou(
+        frames["mask"], nil["reference"].masks[4]), atol=1e-6)
+
+
+def test_bro_trains_on_the_batched_nil_env(nil):
+    config = bro.preset("bro_fast", num_envs=NUM_ENVS, critic_width=32, actor_width=32,
+                        num_quantiles=8, batch_size=8, replay_capacity=64,
+                        episode_length=LENGTH - 1, warmup_steps=4)
+    learner = bro.Bro(nil["env"], config, batched=True)
+    state = learner.init(jax.random.PRNGKey(1))
+    step = jax.jit(learner.train_step)
+    for _ in range(LENGTH + 2):  # warm-up, updates, and one truncation at the reference's end
+        state, metrics = step(state)
+    assert int(state.replay.size) == (LENGTH + 2) * NUM_ENVS
+    assert np.all(np.isfinite(jax.tree.leaves(jax.device_get(metrics))))
+    # Truncated at the reference's end: every env restarted at least once, t stays in range.
+    assert np.all(np.asarray(state.env_state.info["t"]) < LENGTH)
