@@ -8,14 +8,21 @@ A restored state continues bit-identically to the saved one on the same machine:
 run lives outside the state (the learner and its compiled functions are rebuilt from the
 config). The layout to restore into comes from `jax.eval_shape` of `learner.init`, so no
 throw-away state is built and no environment is stepped.
+
+Orbax refuses zero-size arrays, which real states hold (MuJoCo's actuator activations `act`
+of a robot without activation dynamics are (N, 0)). They carry nothing, so the checkpoint
+holds the other leaves, by their position in the flattened state, and `restore` recreates the
+empty ones from the layout.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from nil_jax.agents import bro
@@ -29,15 +36,22 @@ def abstract_state(learner: bro.Bro, num_seeds: Optional[int] = None):
     return jax.eval_shape(jax.vmap(learner.init), jax.random.split(key, num_seeds))
 
 
+def _nonempty(leaves) -> dict:
+    return {str(i): leaf for i, leaf in enumerate(leaves) if math.prod(leaf.shape) > 0}
+
+
 def save(path: str | os.PathLike, state: bro.LearnerState) -> None:
     """Writes `state` to the directory `path` (which must not exist yet) and waits for it."""
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.abspath(path), state)
+        checkpointer.save(os.path.abspath(path), _nonempty(jax.tree.leaves(state)))
         checkpointer.wait_until_finished()
 
 
 def restore(path: str | os.PathLike, learner: bro.Bro,
             num_seeds: Optional[int] = None) -> bro.LearnerState:
     """Reads a state saved by `save` for the same config (and number of seeds)."""
+    leaves, treedef = jax.tree.flatten(abstract_state(learner, num_seeds))
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(os.path.abspath(path), abstract_state(learner, num_seeds))
+        stored = checkpointer.restore(os.path.abspath(path), _nonempty(leaves))
+    return treedef.unflatten([stored.get(str(i), jnp.zeros(leaf.shape, leaf.dtype))
+                              for i, leaf in enumerate(leaves)])

@@ -20,19 +20,21 @@ STEPS = 4  # training iterations per jitted `train` call, the same everywhere: o
 
 class Line(Env):
     """A point on a line: position += 0.4 * action; the episode terminates when |position| > 1.
-    obs = (position, steps taken in the episode), so a reset observation is recognisable."""
+    obs = (position, steps taken in the episode), so a reset observation is recognisable. The
+    state also holds an empty array, as MuJoCo's `act` of a robot without activations."""
 
     def reset(self, rng):
         position = 0.01 * jax.random.uniform(rng, (), minval=-1.0, maxval=1.0)
         zero = jnp.zeros(())
-        return State(pipeline_state=(position, zero), obs=jnp.stack([position, zero]),
+        return State(pipeline_state=(position, zero, jnp.zeros((0,))),
+                     obs=jnp.stack([position, zero]),
                      reward=zero, done=zero)
 
     def step(self, state, action):
-        position, steps = state.pipeline_state
+        position, steps, empty = state.pipeline_state
         position, steps = position + 0.4 * action[0], steps + 1.0
         return state.replace(  # keeps the wrappers' info
-            pipeline_state=(position, steps), obs=jnp.stack([position, steps]),
+            pipeline_state=(position, steps, empty), obs=jnp.stack([position, steps]),
             reward=-jnp.abs(position), done=(jnp.abs(position) > 1.0).astype(jnp.float32))
 
     @property
