@@ -64,6 +64,11 @@ OFFICIAL_RESET_STEPS = (15_001, 50_001, 250_001, 500_001, 750_001, 1_000_001, 1_
                         2_000_001)
 
 
+# Env metrics that flag a transition as diverged (RobotEnv: non-finite physics; NilEnv: a
+# non-finite reward). Such transitions end their episode and never enter the replay.
+INVALID_METRICS = ("nonfinite", "nonfinite_reward")
+
+
 @dataclasses.dataclass(frozen=True)
 class BroConfig:
     """Every BRO hyperparameter; the defaults are the official ones (`bro`)."""
@@ -74,6 +79,9 @@ class BroConfig:
     num_quantiles: int = 100
     actor_width: int = 256
     actor_depth: int = 1
+    # Init scale of the actor's mean head (official: sqrt(2)). A small one starts the policy
+    # near the zero action: for joint targets (PD actuation), near the home pose.
+    actor_mean_init_scale: float = 2.0 ** 0.5
     # losses
     discount: float = 0.99
     tau: float = 0.005  # target critic Polyak rate
@@ -223,7 +231,8 @@ class Bro:
         self.action_size = env.action_size
         self.obs_size = env.observation_size
         self.critic_net = networks.DoubleCritic(c.critic_width, c.critic_depth, c.num_quantiles)
-        self.actor_net = networks.Actor(self.action_size, c.actor_width, c.actor_depth)
+        self.actor_net = networks.Actor(self.action_size, c.actor_width, c.actor_depth,
+                                        c.actor_mean_init_scale)
         self.optimistic_net = networks.OptimisticActor(self.action_size, c.actor_width,
                                                        c.actor_depth, c.std_multiplier)
         self.losses = losses.make_losses(self.critic_net, self.actor_net, self.optimistic_net, c)
@@ -363,9 +372,17 @@ class Bro:
                                 mask=1.0 - termination, next_obs=next_state.obs)
         fresh = self.envs.reset(jax.random.split(key, self.config.num_envs))
         finished = jnp.sum(done)
-        returns = next_state.info["episode_metrics"]["sum_reward"]
+        episodes = next_state.info["episode_metrics"]
         info = {"env_reward": jnp.mean(next_state.reward), "episodes_finished": finished,
-                "episode_return": jnp.sum(done * returns) / jnp.maximum(finished, 1.0)}
+                "episode_return": jnp.sum(done * episodes["sum_reward"]) / jnp.maximum(finished, 1.0),
+                "episode_length": jnp.sum(done * episodes["length"]) / jnp.maximum(finished, 1.0)}
+        # The env's own metrics (reward terms, falls), averaged over the N envs.
+        info.update({f"env/{name}": jnp.mean(value) for name, value in next_state.metrics.items()})
+        # Transitions the env flagged as diverged are counted, never stored or trained on.
+        invalid = sum(next_state.metrics[name] for name in INVALID_METRICS
+                      if name in next_state.metrics)
+        info["valid"] = jnp.asarray(invalid == 0) & jnp.isfinite(next_state.reward)
+        info["invalid_transitions"] = jnp.sum(~info["valid"]).astype(jnp.float32)
         return tree_where(done > 0, fresh, next_state), transition, info
 
     def maybe_reset(self, agent: AgentState, initial_params: AgentParams,
@@ -388,7 +405,7 @@ class Bro:
                                               minval=-1.0, maxval=1.0),
                            self.explore(state.agent, state.env_state.obs, key_action))
         env_state, transition, env_info = self.env_step(state.env_state, action, key_reset)
-        buffer = replay.insert(state.replay, transition)
+        buffer = replay.insert(state.replay, transition, env_info.pop("valid"))
         agent, reset = self.maybe_reset(state.agent, state.initial_params, state.step)
 
         def learn(agent):

@@ -78,11 +78,12 @@ class Actor(nn.Module):
     action_size: int
     width: int = 256
     depth: int = 1
+    mean_init_scale: float = math.sqrt(2.0)  # the official init; small: start near a = 0
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         x = BroNet(self.width, self.depth)(obs)
-        mean = nn.Dense(self.action_size, kernel_init=orthogonal())(x)
+        mean = nn.Dense(self.action_size, kernel_init=orthogonal(self.mean_init_scale))(x)
         raw = nn.Dense(self.action_size, kernel_init=orthogonal(1.0))(x)
         # A smooth squash into [LOG_STD_MIN, LOG_STD_MAX] instead of a clip: gradients never vanish.
         log_std = LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) * 0.5 * (1.0 + jnp.tanh(raw))

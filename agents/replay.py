@@ -11,6 +11,8 @@ a leading batch axis on every leaf. Like brax's replay buffers, it holds no stat
 
 from __future__ import annotations
 
+from typing import Optional
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -43,18 +45,34 @@ def init(capacity: int, example) -> ReplayState:
     return ReplayState(data=data, position=jnp.zeros((), jnp.int32), size=jnp.zeros((), jnp.int32))
 
 
-def insert(replay: ReplayState, transitions) -> ReplayState:
-    """Writes a batch of N <= capacity transitions, overwriting the oldest rows once full."""
+def insert(replay: ReplayState, transitions, valid: Optional[jax.Array] = None) -> ReplayState:
+    """Writes a batch of N <= capacity transitions, overwriting the oldest rows once full.
+
+    `valid` (N,) bool: only those transitions are stored (e.g. not those of a diverged step).
+    They are moved to the front of the N rows; the rows after them keep their old contents,
+    and the position and size advance by the number stored."""
     count = jax.tree.leaves(transitions)[0].shape[0]
     capacity = replay.capacity
     if count > capacity:  # static shapes: checked while tracing
         raise ValueError(f"Cannot insert {count} transitions into a buffer of {capacity}.")
     rows = (replay.position + jnp.arange(count, dtype=jnp.int32)) % capacity
+    stored = jnp.asarray(count, jnp.int32)
+    if valid is not None:
+        order = jnp.argsort(~valid, stable=True)  # valid ones first, in their order
+        transitions = jax.tree.map(lambda x: x[order], transitions)
+        stored = jnp.sum(valid, dtype=jnp.int32)
+        keep = jnp.arange(count) < stored
+
+        def merge(buffer, x):
+            x = x.astype(buffer.dtype)
+            return jnp.where(keep.reshape((count,) + (1,) * (x.ndim - 1)), x, buffer[rows])
+
+        transitions = jax.tree.map(merge, replay.data, transitions)
     data = jax.tree.map(lambda buffer, x: buffer.at[rows].set(x.astype(buffer.dtype),
                                                                 unique_indices=True),
                         replay.data, transitions)
-    return ReplayState(data=data, position=(replay.position + count) % capacity,
-                       size=jnp.minimum(replay.size + count, capacity))
+    return ReplayState(data=data, position=(replay.position + stored) % capacity,
+                       size=jnp.minimum(replay.size + stored, capacity))
 
 
 def sample(replay: ReplayState, key: jax.Array, batch_size: int):

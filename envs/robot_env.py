@@ -2,8 +2,18 @@
 
     reset(rng) -> State          home pose + uniform joint noise, zero velocity
     step(state, action) -> State
-        action in [-1, 1]^nu --affine--> ctrl in the actuators' ctrlrange (normalized torques)
+        action in [-1, 1]^nu --actuation--> ctrl in the actuators' ctrlrange (normalized torques)
         --backend.step (5 x 2 ms)--> PhysicsState --task--> reward, terminated
+
+Actuation (how an action becomes torques):
+    "torque"  the model's own: ctrl = the affine map of the action onto ctrlrange (LocoMujoco's,
+              the evaluation protocol's); zero action = zero torque, so the robot collapses
+    "pd"      joint position targets: target = home pose + action x `pd_action_scale` (rad),
+              clipped to the joint's range; torque = kp (target - q) - kd q', clipped to the
+              motor's limit, held over the control step (100 Hz). kp = motor limit /
+              `pd_full_torque_error` (the error that asks for the whole motor), kd =
+              `pd_damping_ratio` x kp (s). Zero action holds the home pose. The gains scale with
+              each motor's strength, so one setting serves every robot.
         non-finite physics: the step is undone, reward 0, done 1, metrics["nonfinite"] 1
 
 Observation (size nq - 2 + nv), LocoMujoco's layout without the horizontal root position:
@@ -16,10 +26,12 @@ Observation (size nq - 2 + nv), LocoMujoco's layout without the horizontal root 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import mujoco
 import numpy as np
 from brax.envs.base import Env, State
 
@@ -27,11 +39,51 @@ from nil_jax.envs import backends
 from nil_jax.envs.embodiments import Embodiment
 
 
+ACTUATIONS = ("torque", "pd")
+
+
+@dataclasses.dataclass(frozen=True)
+class PdGains:
+    """Per actuator (static numpy): the joint it drives, its gains and torque limit."""
+
+    qpos: np.ndarray  # (nu,) qpos address of each actuator's joint
+    qvel: np.ndarray  # (nu,) dof address
+    home: np.ndarray  # (nu,) home-pose angle (rad)
+    low: np.ndarray  # (nu,) joint range (rad)
+    high: np.ndarray
+    kp: np.ndarray  # (nu,) N m / rad
+    kd: np.ndarray  # (nu,) N m s / rad
+    gear: np.ndarray  # (nu,) torque per unit of ctrl
+
+
+def pd_gains(embodiment: Embodiment, full_torque_error: float, damping_ratio: float) -> PdGains:
+    model = embodiment.mj_model
+    joints = model.actuator_trnid[:, 0]
+    if np.any(model.actuator_trntype != int(mujoco.mjtTrn.mjTRN_JOINT)) or np.any(
+            model.jnt_type[joints] != int(mujoco.mjtJoint.mjJNT_HINGE)):
+        raise ValueError(f"{embodiment.name}: PD actuation needs every actuator on a hinge joint.")
+    gear = model.actuator_gear[:, 0]
+    limit = gear * np.minimum(np.abs(embodiment.ctrl_low), np.abs(embodiment.ctrl_high))
+    kp = limit / full_torque_error
+    qpos = model.jnt_qposadr[joints]
+    return PdGains(qpos=qpos, qvel=model.jnt_dofadr[joints], home=embodiment.init_qpos[qpos],
+                   low=model.jnt_range[joints, 0], high=model.jnt_range[joints, 1], kp=kp,
+                   kd=damping_ratio * kp, gear=gear)
+
+
 class RobotEnv(Env):
     def __init__(self, embodiment: Embodiment, task, backend: Optional[str] = None,
-                 reset_noise_scale: float = 0.01):
+                 reset_noise_scale: float = 0.01, actuation: str = "torque",
+                 pd_action_scale: float = 1.0, pd_full_torque_error: float = 0.5,
+                 pd_damping_ratio: float = 0.02):
+        if actuation not in ACTUATIONS:
+            raise ValueError(f"Unknown actuation {actuation!r}; choose one of {ACTUATIONS}.")
         self.embodiment = embodiment
         self.task = task
+        self.actuation = actuation
+        self.pd_action_scale = pd_action_scale
+        self.pd = (pd_gains(embodiment, pd_full_torque_error, pd_damping_ratio)
+                   if actuation == "pd" else None)
         self.physics = backends.make_backend(backend or backends.default_backend(),
                                              embodiment.mj_model, embodiment.n_substeps)
         self.reset_noise_scale = reset_noise_scale
@@ -52,9 +104,15 @@ class RobotEnv(Env):
     def backend(self) -> str:
         return self.physics.name
 
-    def action_to_ctrl(self, action: jax.Array) -> jax.Array:
+    def action_to_ctrl(self, action: jax.Array, physics: backends.PhysicsState) -> jax.Array:
         low, high = self.embodiment.ctrl_low, self.embodiment.ctrl_high
-        return low + 0.5 * (jnp.clip(action, -1.0, 1.0) + 1.0) * (high - low)
+        action = jnp.clip(action, -1.0, 1.0)
+        if self.pd is None:
+            return low + 0.5 * (action + 1.0) * (high - low)
+        pd = self.pd
+        target = jnp.clip(pd.home + self.pd_action_scale * action, pd.low, pd.high)
+        torque = pd.kp * (target - physics.qpos[pd.qpos]) - pd.kd * physics.qvel[pd.qvel]
+        return jnp.clip(torque / pd.gear, low, high)
 
     def observe(self, physics: backends.PhysicsState) -> jax.Array:
         return jnp.concatenate([physics.qpos[self._obs_qpos], physics.qvel])
@@ -73,7 +131,7 @@ class RobotEnv(Env):
 
     def step(self, state: State, action: jax.Array) -> State:
         previous = state.pipeline_state
-        stepped = self.physics.step(previous, self.action_to_ctrl(action))
+        stepped = self.physics.step(previous, self.action_to_ctrl(action, previous))
         finite = stepped.is_finite()
         physics = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, previous)
         reward, terms = self.task.reward(self.embodiment, previous, physics, action)

@@ -18,7 +18,8 @@ Renderer throughput: masks per second of the pure-JAX silhouette renderer
 `mujoco.Renderer` segmentation at the same resolution on the same machine (one frame at a time:
 `update_scene` + `render`, kinematics not counted), over the same random poses (joints uniform
 within their limits). Memory is XLA's account of the compiled program (`memory_analysis`:
-arguments + outputs + work memory), also for a batch of 4096 (compiled, not run).
+arguments + outputs + work memory), also for a batch of 4096 (compiled once per embodiment, not
+run).
 
 Reproduce (writes benchmarks/{envs,renderer,timesformer,agent}.{json,md}):
 
@@ -53,6 +54,7 @@ from nil_jax.reward import silhouettes
 
 WARMUP_STEPS = 1  # control steps per warm-up call; grown 4x until a call lasts 10% of the target
 MAX_STEPS = 100_000
+LARGE_BATCH = 4096  # the renderer's memory is also reported at this batch (compiled, not run)
 
 
 class RolloutCarry(NamedTuple):
@@ -122,16 +124,6 @@ def measure(env, batch_size: int, target_seconds: float = 2.0, seed: int = 0) ->
     )
 
 
-def random_poses(embodiment, count: int, seed: int = 0) -> np.ndarray:
-    """Home pose with every limited joint (not the root) uniform within its range."""
-    model, rng = embodiment.mj_model, np.random.default_rng(seed)
-    poses = np.tile(embodiment.init_qpos, (count, 1))
-    for j in range(model.njnt):
-        if model.jnt_limited[j] and model.jnt_bodyid[j] != model.jnt_bodyid[0]:
-            poses[:, model.jnt_qposadr[j]] = rng.uniform(*model.jnt_range[j], size=count)
-    return poses
-
-
 def mujoco_masks_per_s(embodiment, poses: np.ndarray, size: int, target_seconds: float) -> float:
     """mujoco.Renderer segmentation, one frame at a time (update_scene + render timed only)."""
     model, data = embodiment.mj_model, mujoco.MjData(embodiment.mj_model)
@@ -151,13 +143,28 @@ def mujoco_masks_per_s(embodiment, poses: np.ndarray, size: int, target_seconds:
     return count / mujoco_s
 
 
-def measure_renderer(embodiment, batch_size: int, size: int, target_seconds: float,
-                     large_batch: int = 4096, baseline: bool = True,
-                     memory_budget: int = 2 ** 30) -> dict:
+def program_memory(program) -> dict:
+    """XLA's account of a compiled program: work memory (what the budget bounds), and inputs +
+    outputs."""
+    stats = program.memory_analysis()
+    return dict(work=int(stats.temp_size_in_bytes),
+                inputs_outputs=int(stats.argument_size_in_bytes + stats.output_size_in_bytes))
+
+
+def large_batch_memory(sil: silhouettes.Silhouettes, nq: int, large_batch: int) -> dict:
+    """XLA's account of the renderer compiled (not run) for `large_batch` environments. It does
+    not depend on the measured batch size, so it is compiled once per embodiment."""
+    render = jax.jit(functools.partial(silhouettes.render, sil))
+    qpos = jax.ShapeDtypeStruct((large_batch, nq), jnp.float32)
+    return program_memory(render.lower(qpos).compile())
+
+
+def measure_renderer(embodiment, sil: silhouettes.Silhouettes, batch_size: int,
+                     target_seconds: float, baseline: bool = True) -> dict:
     """Masks/s of the JAX renderer and (`baseline`) of mujoco.Renderer for one embodiment and
-    batch size."""
-    sil = silhouettes.make(embodiment, size, size, memory_budget=memory_budget)
-    qpos = jnp.asarray(random_poses(embodiment, batch_size), jnp.float32)
+    batch size; `sil` is the embodiment's silhouettes (square images)."""
+    size = sil.spec.height
+    qpos = jnp.asarray(silhouettes.random_poses(embodiment, batch_size), jnp.float32)
     render = jax.jit(functools.partial(silhouettes.render, sil))
     compiled, compile_s = timed_call(lambda: render.lower(qpos).compile())
     frames, _ = timed_call(compiled, qpos)  # first run: allocations, threads
@@ -168,14 +175,6 @@ def measure_renderer(embodiment, batch_size: int, size: int, target_seconds: flo
         jax.block_until_ready(compiled(qpos))
     seconds = time.perf_counter() - start
 
-    def memory(program) -> dict:
-        """XLA's account: work memory (what the budget bounds), and inputs + outputs."""
-        stats = program.memory_analysis()
-        return dict(work=int(stats.temp_size_in_bytes),
-                    inputs_outputs=int(stats.argument_size_in_bytes
-                                       + stats.output_size_in_bytes))
-
-    large = render.lower(jax.ShapeDtypeStruct((large_batch, qpos.shape[1]), qpos.dtype)).compile()
     mujoco_per_s = mujoco_masks_per_s(embodiment, np.asarray(qpos, np.float64), size,
                                       target_seconds) if baseline else float("nan")
     masks_per_s = batch_size * calls / seconds
@@ -185,8 +184,7 @@ def measure_renderer(embodiment, batch_size: int, size: int, target_seconds: flo
         primitives=len(sil.spec.label), window_pixels=sil.spec.window_pixels(0),
         masks_per_s=masks_per_s, mujoco_masks_per_s=mujoco_per_s,
         ratio=masks_per_s / mujoco_per_s, compile_s=compile_s,
-        memory_bytes=memory(compiled), large_batch=large_batch,
-        large_batch_memory_bytes=memory(large), memory_budget=sil.spec.memory_budget,
+        memory_bytes=program_memory(compiled), memory_budget=sil.spec.memory_budget,
         frames_per_tier=tiers.tolist(),
     )
 
@@ -266,10 +264,13 @@ def run_renderer(args, machine) -> tuple[dict, str]:
     results = []
     for name in args.embodiments:
         embodiment = envs.embodiments.load(name)
+        sil = silhouettes.make(embodiment, args.image_size, args.image_size,
+                               memory_budget=int(args.render_memory_gib * 2 ** 30))
+        large = dict(large_batch=LARGE_BATCH, large_batch_memory_bytes=large_batch_memory(
+            sil, embodiment.mj_model.nq, LARGE_BATCH))
         for batch_size in args.batch_sizes:
-            record = measure_renderer(embodiment, batch_size, args.image_size,
-                                      args.target_seconds, baseline=args.renderer_baseline,
-                                      memory_budget=int(args.render_memory_gib * 2 ** 30))
+            record = {**measure_renderer(embodiment, sil, batch_size, args.target_seconds,
+                                         baseline=args.renderer_baseline), **large}
             results.append(record)
             print(f"{name:6s} B={batch_size:4d} {record['masks_per_s']:9,.1f} masks/s "
                   f"(mujoco.Renderer {record['mujoco_masks_per_s']:7,.1f}, "

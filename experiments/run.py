@@ -1,65 +1,134 @@
-"""The single command: `python experiments/run.py [--preset NAME] [--field value ...]`.
+"""The single command: `python experiments/run.py [--preset NAME] [--config-file F] [--field v]`.
 
-Until the NIL training program lands (issue 7) the default preset runs the most complete
-pipeline that exists: it builds the embodiment's environment on the default physics backend,
-evaluates the zero-action and random policies with the walk evaluation protocol
-(`nil_jax.envs.evaluation`), renders a rollout from the tracking camera with MuJoCo's renderer,
-and writes everything into one run folder:
+Trains a NIL policy to imitate a reference video and evaluates it, all in one run folder:
 
-    runs/<run_name>/config.json     the resolved configuration
-    runs/<run_name>/metrics.json    walk return, reward per step, fall rate per policy
-    runs/<run_name>/rollout.mp4     the zero-action rollout until the robot falls
+    preset (default | quick | paper) <- --config-file (JSON, e.g. an earlier config.json)
+        <- command-line flags                                  = the resolved RunConfig
+    reference: a bundle (.npz), a raw video (auto-prepared into a bundle next to the other
+        references), or none (the embodiment's synthetic walk, made once and cached)
+    training.build -> training.train (jitted chunks; Ctrl-C checkpoints first)
+        -> training.evaluate (the policy, zero-action and random actions, same resets)
+
+    runs/<name>/config.json        the resolved configuration and what the run decided itself
+    runs/<name>/checkpoints/       orbax checkpoints (`--resume` continues from the newest)
+    runs/<name>/progress.csv       one row per chunk; tensorboard/ holds the same
+    runs/<name>/reward_curves.png  the reward terms and episode statistics over training
+    runs/<name>/metrics.json       evaluation of the policy and the two baselines
+    runs/<name>/evaluation.mp4     reference | simulation | masks (reference green, simulation
+                                   red, both yellow)
+
+Presets:
+    default  H1 imitating its synthetic walk on a CPU in about 15 minutes: the IoU stream and
+             the regularizers (the video stream too if TimeSformer weights are found), PD
+             joint targets and the reference's phase observed (see the README)
+    quick    the same in about 5 minutes (a check that everything works)
+    paper    an accelerator run as in the paper: torques, full reward (video stream in bf16),
+             official BRO, 256 MJX environments
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
 import os
 import pathlib
 import sys
 import time
-from typing import Optional
+import typing
+from typing import Any, Optional
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede `import mujoco`
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import tyro  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from nil_jax import envs  # noqa: E402
-from nil_jax.envs import evaluation  # noqa: E402
+from nil_jax import envs, training  # noqa: E402
+from nil_jax.envs import assets  # noqa: E402
+from nil_jax.agents import bro  # noqa: E402
 from nil_jax.io_utils import write_json  # noqa: E402
-from nil_jax.video import render_trajectory, write_video  # noqa: E402
+from nil_jax.references.errors import ReferenceDataError  # noqa: E402
+from nil_jax.reward.timesformer_weights import TimesformerWeightsError  # noqa: E402
+from nil_jax import reports  # noqa: E402
+
+logger = logging.getLogger("nil_jax.run")
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    embodiment: str = "h1"  # one of nil_jax.envs.EMBODIMENTS
-    task: str = "walk"
-    backend: Optional[str] = None  # "cpu" or "mjx"; None: cpu when JAX runs on the CPU
-    mjcf_path: Optional[str] = None  # your own MJCF file for the embodiment
-    seed: int = 0
-    num_episodes: int = 5
-    episode_length: int = evaluation.EPISODE_LENGTH
-    video_seconds: float = 3.0
-    video_fps: int = 25
-    video_size: int = 224
+class RunConfig(training.TrainConfig):
+    eval_episodes: int = 5
     runs_dir: str = "runs"
-    run_name: Optional[str] = None  # default: <embodiment>-<task>-<timestamp>
+    run_name: Optional[str] = None  # default: <embodiment>-<skill>-<preset>-<timestamp>
+    resume: bool = False  # continue the run named --run-name, else the newest of this preset
+    progress: bool = True  # the progress bar
+    video_size: int = 224  # side of each panel of evaluation.mp4
 
+
+# CPU-sized BRO: the official losses and optimizers with narrower networks, fewer quantiles, a
+# lower initial temperature and 16 environments, so that updates and environment steps share
+# two cores and learning shows within minutes.
+CPU_AGENT = bro.preset("bro_fast", num_envs=16, critic_width=128, actor_width=64,
+                       num_quantiles=16, init_temperature=0.1, warmup_steps=1600,
+                       replay_capacity=150_000)
+# Learnable on a CPU in minutes: joint targets (zero action holds the home pose), the
+# reference's phase observed, 64x64 masks. `--actuation torque --no-observe-phase` is the paper's.
+CPU_RUN = RunConfig(actuation="pd", pd_action_scale=0.3, observe_phase=True, render_size=64,
+                    agent=CPU_AGENT, chunk_iterations=100, checkpoint_every=20)
 
 PRESETS = {
-    "default": RunConfig(),
+    "default": dataclasses.replace(CPU_RUN, env_steps=150_000),
+    "quick": dataclasses.replace(CPU_RUN, env_steps=16_000),
+    "paper": RunConfig(actuation="torque", observe_phase=False, encoder="pretrained",
+                       encoder_dtype="bfloat16", backend="mjx",
+                       agent=bro.preset("bro", num_envs=256, replay_capacity=2_000_000),
+                       env_steps=10_000_000, chunk_iterations=100, checkpoint_every=10),
 }
+
+
+def from_dict(cls, values: dict[str, Any]):
+    """A (nested, frozen) dataclass from the plain values `dataclasses.asdict` wrote."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - fields
+    if unknown:
+        raise SystemExit(f"Unknown {cls.__name__} fields {sorted(unknown)} in the config file; "
+                         f"known: {sorted(fields)}.")
+    out = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            value = from_dict(kind, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        out[name] = value
+    return cls(**out)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`base` with `override`'s values; nested dicts are merged, not replaced."""
+    out = dict(base)
+    for name, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(name), dict):
+            value = deep_merge(out[name], value)
+        out[name] = value
+    return out
 
 
 def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--config-file", default=None)
     known, rest = parser.parse_known_args(argv)
-    config = tyro.cli(RunConfig, default=PRESETS[known.preset], args=rest,
+    default = PRESETS[known.preset]
+    if known.config_file is not None:
+        path = pathlib.Path(known.config_file)
+        if not path.is_file():
+            raise SystemExit(f"--config-file {path} does not exist.")
+        stored = json.loads(path.read_text())
+        stored = stored.get("config", stored)  # an earlier run's config.json works as is
+        default = from_dict(RunConfig, deep_merge(dataclasses.asdict(default), stored))
+    config = tyro.cli(RunConfig, default=default, args=rest,
                       description=__doc__.split("\n")[0])
     if config.embodiment not in envs.EMBODIMENTS:
         raise SystemExit(f"Unknown --embodiment {config.embodiment!r}; "
@@ -67,55 +136,89 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
     return known.preset, config
 
 
-def rollout_qpos(env, key: jax.Array, steps: int) -> np.ndarray:
-    """Joint positions of one zero-action rollout, up to and including the step it ends."""
-    def step(state, _):
-        state = env.step(state, jax.numpy.zeros(env.action_size))
-        return state, (state.pipeline_state.qpos, state.done)
+def run_folder(preset: str, config: RunConfig) -> tuple[pathlib.Path, RunConfig]:
+    """The run folder, and the config to run: a resumed run's own stored config."""
+    runs = pathlib.Path(config.runs_dir)
+    prefix = f"{config.embodiment}-{config.skill}-{preset}-"
+    if not config.resume:
+        name = config.run_name or prefix + time.strftime("%Y%m%d-%H%M%S")
+        folder = runs / name
+        if training.checkpoints(folder):
+            raise SystemExit(f"{folder} already holds a run: pass --resume to continue it, or "
+                             "another --run-name.")
+        return folder, config
+    if config.run_name is not None:
+        folder = runs / config.run_name
+    else:
+        candidates = sorted(runs.glob(prefix + "*/config.json"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise SystemExit(f"--resume: no run {prefix}* in {runs}; name it with --run-name.")
+        folder = candidates[-1].parent
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--resume: {folder} has no config.json; is it a run folder?")
+    stored = json.loads((folder / "config.json").read_text())["config"]
+    stored.update(resume=True, progress=config.progress)
+    return folder, from_dict(RunConfig, stored)
 
-    state = env.reset(key)
-    _, (qpos, done) = jax.jit(lambda s: jax.lax.scan(step, s, None, length=steps))(state)
-    done = np.asarray(done)
-    end = int(np.argmax(done)) + 1 if done.any() else steps
-    return np.concatenate([np.asarray(state.pipeline_state.qpos)[None], np.asarray(qpos)[:end]])
+
+def use_compilation_cache() -> None:
+    """Compiled programs persist across runs (a resumed or repeated run skips minutes of
+    compiling), in $NIL_JAX_CACHE/xla unless JAX_COMPILATION_CACHE_DIR says otherwise."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(assets.cache_root() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
     preset, config = parse_config(sys.argv[1:] if argv is None else argv)
-    name = config.run_name or f"{config.embodiment}-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = pathlib.Path(config.runs_dir) / name
-    env = envs.make(config.embodiment, config.task, backend=config.backend,
-                    mjcf_path=config.mjcf_path)
-    write_json(run_dir / "config.json", {"preset": preset, **dataclasses.asdict(config),
-                                         "resolved_backend": env.backend,
-                                         "jax_platform": jax.default_backend()})
-    print(f"[nil_jax] {config.embodiment}/{config.task} on the {env.backend} backend "
-          f"-> {run_dir}")
+    run_dir, config = run_folder(preset, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Libraries' INFO lines (orbax, absl, jax) would drown the run's own.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
+                        handlers=[logging.StreamHandler(),
+                                  logging.FileHandler(run_dir / "log.txt")], force=True)
+    logging.getLogger("nil_jax").setLevel(logging.INFO)
+    use_compilation_cache()
+    started = time.perf_counter()
+    try:
+        setup = training.build(config)
+    except (ReferenceDataError, FileNotFoundError) as e:
+        raise SystemExit(f"Bad reference: {e}") from e
+    except TimesformerWeightsError as e:
+        raise SystemExit(f"{e}\n(--encoder auto trains without the video stream when no weights "
+                         "are found; --encoder pretrained, as in the paper preset, needs them.)"
+                         ) from e
+    write_json(run_dir / "config.json", {
+        "preset": preset, "config": dataclasses.asdict(config),
+        "resolved": {"backend": setup.env.backend, "jax_platform": jax.default_backend(),
+                     "devices": len(jax.devices()), "reward": dataclasses.asdict(setup.reward),
+                     "episode_length": setup.learner.config.episode_length,
+                     "reference": setup.reference_path, "notes": list(setup.notes)}})
+    print(f"[nil_jax] {config.embodiment}/{config.skill}, preset {preset}, "
+          f"{setup.env.backend} physics on {jax.default_backend()} -> {run_dir}")
+    for note in setup.notes:
+        print(f"[nil_jax] !! {note}")
 
-    key = jax.random.PRNGKey(config.seed)
-    policies = {"zero": evaluation.zero_policy(env.action_size),
-                "random": evaluation.random_policy(env.action_size)}
-    metrics = {"protocol": {"episodes": config.num_episodes,
-                            "episode_length": config.episode_length,
-                            "control_dt": env.embodiment.control_dt}}
-    for name_, policy in tqdm(policies.items(), desc="evaluating policies"):
-        results = evaluation.evaluate(env, policy, key, config.num_episodes,
-                                      config.episode_length)
-        metrics[name_] = evaluation.summarize(results)
+    state, finished = training.train(setup, run_dir, config.env_steps, resume=config.resume,
+                                     progress=config.progress)
+    reports.plot_progress(run_dir / "progress.csv", run_dir / "reward_curves.png")
+    if not finished:
+        print(f"[nil_jax] stopped; checkpoint written. Continue with: python experiments/run.py "
+              f"--runs-dir {config.runs_dir} --run-name {run_dir.name} --resume")
+        return {}
+    metrics, records = training.evaluate(setup, state.agent, jax.random.PRNGKey(config.seed + 1),
+                                         config.eval_episodes)
+    metrics = {"protocol": training.PROTOCOL, "episodes": config.eval_episodes,
+               "episode_length": setup.bundle.num_frames - 1, **metrics,
+               "training": {"env_steps": setup.learner.env_steps(state),
+                            **reports.training_summary(run_dir / "progress.csv")},
+               "wall_s": time.perf_counter() - started}
     write_json(run_dir / "metrics.json", metrics)
-
-    steps = int(round(config.video_seconds / env.embodiment.control_dt))
-    qpos = rollout_qpos(env, key, steps)
-    stride = max(1, int(round(1.0 / (config.video_fps * env.embodiment.control_dt))))
-    frames = render_trajectory(env.embodiment.mj_model, qpos[::stride], env.embodiment.camera_id,
-                               config.video_size, config.video_size)
-    write_video(run_dir / "rollout.mp4", frames, fps=config.video_fps)
-
-    for name_ in policies:
-        m = metrics[name_]
-        print(f"  {name_:>6} policy: return {m['return_mean']:.1f} +- {m['return_std']:.1f}, "
-              f"reward/step {m['reward_per_step_mean']:.3f}, fall rate {m['fall_rate']:.2f}")
-    print(f"[nil_jax] wrote {run_dir}/config.json, metrics.json, rollout.mp4")
+    reports.evaluation_video(setup, records["nil"], run_dir / "evaluation.mp4",
+                             config.video_size)
+    print(reports.metrics_table(metrics))
+    print(f"[nil_jax] wrote {run_dir}/: config.json, metrics.json, progress.csv, "
+          "reward_curves.png, evaluation.mp4, checkpoints/, tensorboard/")
     return metrics
 
 

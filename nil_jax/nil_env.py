@@ -10,6 +10,9 @@
             reference embedding t (every `video_stride`-th step for the whole batch, held in
             between) --+ penalties--> R_t = zeta S_v + beta S_M + eta P_t
 
+With `observe_phase` the observation ends with t / (T - 1), the fraction of the reference
+played, as imitation policies usually get (the reference is a function of time).
+
 This env is already batched (`reset` takes N keys): the video stream's stride is one
 condition for the whole batch, which a per-environment env under `vmap` could not express.
 Episodes end when the robot falls (termination: the task's fall limits) or when the reference
@@ -37,7 +40,7 @@ from nil_jax.reward import nil_reward, regularizers, renderer, silhouettes
 class NilEnv(Env):
     def __init__(self, robot: RobotEnv, reference: nil_reward.Reference,
                  silhouette: silhouettes.Silhouettes, config: nil_reward.RewardConfig,
-                 encoder: Optional[nil_reward.VideoEncoder] = None):
+                 encoder: Optional[nil_reward.VideoEncoder] = None, observe_phase: bool = False):
         spec = silhouette.spec
         if reference.masks.shape[1:] != (spec.height, spec.width):
             raise ValueError(f"reference masks are {reference.masks.shape[1:]}, the renderer draws "
@@ -50,21 +53,31 @@ class NilEnv(Env):
         self.silhouette = silhouette
         self.config = config
         self.encoder = encoder
+        self.observe_phase = observe_phase
         self.indices = regularizers.BodyIndices.of(robot.embodiment)
-        self.home_frame = self._home_frame()
+        self.home_frame, self.home_mask = self._home_frame()
 
-    def _home_frame(self) -> np.ndarray:
-        """The encoder's view of the home pose (H, W) uint8: every episode's first frame (the
-        reset noise, 0.01 rad, changes a few pixels at most)."""
+    def _home_frame(self) -> tuple[np.ndarray, np.ndarray]:
+        """The encoder's view (H, W) uint8 and the mask (H, W) bool of the home pose: every
+        episode's first frame (the reset noise, 0.01 rad, changes a few pixels at most)."""
         qpos = jnp.asarray(self.robot.embodiment.init_qpos, jnp.float32)
         frame = jax.jit(lambda q: renderer.render_exhaustive(
             self.silhouette.spec, *silhouettes.poses(self.silhouette, q)))(qpos)
-        return np.asarray(nil_reward.encoder_frame(self.config, jax.tree.map(
-            lambda x: x[None], frame))[0])
+        frame = jax.tree.map(lambda x: x[None], frame)
+        return (np.asarray(nil_reward.encoder_frame(self.config, frame)[0]),
+                np.asarray(frame["mask"][0]))
 
     @property
     def observation_size(self) -> int:
-        return self.robot.observation_size
+        return self.robot.observation_size + int(self.observe_phase)
+
+    def _observe(self, robot_obs: jax.Array, t: jax.Array) -> jax.Array:
+        """The robot's observation, and with `observe_phase` the fraction of the reference
+        played (t / (T - 1)): the policy knows which reference frame it is matched against."""
+        if not self.observe_phase:
+            return robot_obs
+        phase = t.astype(robot_obs.dtype) / max(self.reference.length - 1, 1)
+        return jnp.concatenate([robot_obs, phase[:, None]], axis=-1)
 
     @property
     def action_size(self) -> int:
@@ -88,10 +101,13 @@ class NilEnv(Env):
                     previous_action=jnp.zeros((batch, self.action_size), dtype),
                     xpos=xpos.astype(dtype), clip=clip,
                     video_similarity=jnp.zeros(batch, dtype),
-                    global_step=jnp.zeros(batch, jnp.int32))
+                    global_step=jnp.zeros(batch, jnp.int32),
+                    mask=jnp.broadcast_to(jnp.asarray(self.home_mask),
+                                          (batch,) + self.home_mask.shape))
         metrics = dict(state.metrics, **{name: jnp.zeros(batch, dtype)
                                          for name in self.metric_names()})
-        return state.replace(info=info, metrics=metrics)
+        return state.replace(obs=self._observe(state.obs, info["t"]), info=info,
+                             metrics=metrics)
 
     def metric_names(self) -> tuple[str, ...]:
         names = ["reward/env", "reward/iou", "nonfinite_reward"]
@@ -130,8 +146,9 @@ class NilEnv(Env):
         metrics.update({"reward/env": next_state.reward,
                         "nonfinite_reward": (~finite).astype(dtype)})
         info = dict(next_state.info, t=t, previous_action=action.astype(dtype), xpos=xpos,
-                    clip=clip, global_step=info["global_step"] + 1,
+                    clip=clip, global_step=info["global_step"] + 1, mask=frames["mask"],
                     video_similarity=terms.get("reward/video", info["video_similarity"]))
-        return next_state.replace(reward=jnp.where(finite, reward, 0.0),
+        return next_state.replace(obs=self._observe(next_state.obs, t),
+                                  reward=jnp.where(finite, reward, 0.0),
                                   done=jnp.maximum(next_state.done, (~finite).astype(dtype)),
                                   metrics=metrics, info=info)

@@ -95,12 +95,18 @@ def push_frame(clips: jax.Array, frame: jax.Array, first: jax.Array) -> jax.Arra
     return jnp.where(first[:, None, None, None], repeated, shifted)
 
 
+def embed_clips(encoder: VideoEncoder, clips: jax.Array) -> jax.Array:
+    """TimeSformer embeddings (B, D) of grey uint8 clips (B, 8, H, W): the grey in three equal
+    channels, through the checkpoint's preprocessing."""
+    rgb = jnp.broadcast_to(clips[..., None], clips.shape + (3,))
+    pixels = video_preprocess.preprocess(rgb, encoder.preprocessing)
+    return timesformer.embed(encoder.model, encoder.params, pixels)
+
+
 def video_similarity(encoder: VideoEncoder, clips: jax.Array,
                      reference_embeddings: jax.Array) -> jax.Array:
     """S_v (B,): cosine of the TimeSformer embeddings of uint8 clips (B, 8, H, W) and z_ref (B, D)."""
-    rgb = jnp.broadcast_to(clips[..., None], clips.shape + (3,))
-    pixels = video_preprocess.preprocess(rgb, encoder.preprocessing)
-    z = timesformer.embed(encoder.model, encoder.params, pixels)
+    z = embed_clips(encoder, clips)
     return timesformer.cosine_similarity(z, reference_embeddings.astype(z.dtype))
 
 

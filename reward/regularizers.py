@@ -6,8 +6,11 @@ term is a pure function of one environment's step; `penalties` evaluates the fiv
 scales and returns them by name (a scale of 0 switches a term off: the paper's ablations).
 
     P_J torques           -s_J * mean_i (tau_i / tau_max_i)^2
-                          tau = the actuator torque the action commands (torque motors: ctrl),
-                          tau_max = the larger end of the actuator's ctrlrange
+                          tau = the actuator command of the action, as torque motors read it
+                          (ctrl), tau_max = the larger end of the actuator's ctrlrange. With
+                          PD actuation (envs.robot_env) the action is a joint-target offset
+                          from the home pose, and this term is its normalized size: the effort
+                          the policy asks for, which also keeps joints near home
     P_A action deltas     -s_A * mean_i (a_i(t) - a_i(t-1))^2          a in [-1, 1]^nu
     P_V angular velocity  -s_V * (omega_roll^2 + omega_pitch^2)         rad/s, the root's two
                           non-yaw hinge rates (turning about the vertical is not penalized)
@@ -39,12 +42,14 @@ TERMS = ("torques", "action_rate", "angular_velocity", "foot_slip", "torso_tilt"
 @dataclasses.dataclass(frozen=True)
 class RegularizerScales:
     """Scale of each penalty (>= 0; 0 switches the term off). Defaults: each term is a few
-    hundredths for a standing robot under random actions, well below the similarity streams."""
+    hundredths for a standing robot under random actions, and their sum stays well below the
+    similarity streams even while a robot thrashes and falls (H1 under random joint targets:
+    about -0.25 against an IoU of 0.5), so that staying up and imitating always pays."""
 
     torques: float = 0.1
     action_rate: float = 0.05
-    angular_velocity: float = 0.02
-    foot_slip: float = 0.1
+    angular_velocity: float = 0.01
+    foot_slip: float = 0.02
     torso_tilt: float = 1.0
     contact_height: float = 0.03  # metres above the home height that still count as contact
 

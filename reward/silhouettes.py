@@ -70,3 +70,18 @@ def render(silhouettes: Silhouettes, qpos: jax.Array) -> dict[str, jax.Array]:
     """Frames of a batch of environments, qpos (B, nq) -> mask, depth, geom, shade (B, H, W)."""
     return renderer.render_batch(silhouettes.spec,
                                  *jax.vmap(lambda q: poses(silhouettes, q))(qpos))
+
+
+def random_poses(embodiment: Embodiment, count: int, seed: int = 0,
+                 root_turn: float = 0.0) -> np.ndarray:
+    """(count, nq) test and benchmark poses: the home pose with every limited joint (not the
+    root) uniform within its range and, with `root_turn` > 0, the root turned by up to
+    +-root_turn rad about each axis. Not jitted (numpy, seeded)."""
+    model, rng = embodiment.mj_model, np.random.default_rng(seed)
+    qpos = np.tile(embodiment.init_qpos, (count, 1))
+    for j in range(model.njnt):
+        if model.jnt_limited[j] and model.jnt_bodyid[j] != model.jnt_bodyid[0]:
+            qpos[:, model.jnt_qposadr[j]] = rng.uniform(*model.jnt_range[j], size=count)
+    if root_turn > 0:  # drawn after the joints: the joints are the same with or without it
+        qpos[:, embodiment.root_qpos[3:]] += rng.uniform(-root_turn, root_turn, (count, 3))
+    return qpos

@@ -1,5 +1,29 @@
-"""Test set-up: headless MuJoCo rendering (Mesa or NVIDIA EGL) before mujoco is imported."""
+"""Test set-up: headless MuJoCo rendering (Mesa or NVIDIA EGL) before mujoco is imported, and
+fixtures shared by several test files."""
 
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest  # noqa: E402  (after MUJOCO_GL)
+
+
+@pytest.fixture(scope="session")
+def tiny_video_encoder():
+    """`build(size, *, num_hidden_layers, seed)` -> a `nil_reward.VideoEncoder`: a tiny
+    TimeSformer with random weights for clips of eight `size` x `size` frames, preprocessed
+    at that size (no resizing), so that the video reward is cheap to compile and run."""
+    # Imported here, not above: collecting tests that do not use it needs no JAX.
+    from nil_jax.reward import nil_reward, timesformer, timesformer_weights, video_preprocess
+
+    def build(size: int, *, num_hidden_layers: int, seed: int) -> nil_reward.VideoEncoder:
+        config = timesformer.TimesformerConfig(
+            image_size=size, patch_size=16, num_frames=nil_reward.CLIP_FRAMES, hidden_size=48,
+            num_hidden_layers=num_hidden_layers, num_attention_heads=3, intermediate_size=96)
+        return nil_reward.VideoEncoder(
+            model=timesformer.TimesformerModel(config),
+            params=timesformer_weights.random_params(config, seed=seed),
+            preprocessing=video_preprocess.VideoPreprocessing(shortest_edge=size,
+                                                              crop_size=(size, size)))
+
+    return build

@@ -27,6 +27,24 @@ def test_insert_wraps_around():
     assert int(buffer.position) == 1 and int(buffer.size) == 5
 
 
+def test_insert_stores_only_valid_transitions():
+    """Invalid rows (a diverged step) never enter the buffer, not even in a full one."""
+    buffer = replay.init(5, {"x": jnp.zeros(()), "y": jnp.zeros(2)})
+    buffer = replay.insert(buffer, _rows([1, 2, 3]), jnp.array([True, False, True]))
+    assert int(buffer.position) == 2 and int(buffer.size) == 2
+    np.testing.assert_array_equal(buffer.data["x"][:2], [1, 3])
+    buffer = replay.insert(buffer, _rows([4, 5, 6, 7]), jnp.array([True, True, True, True]))
+    np.testing.assert_array_equal(buffer.data["x"], [7, 3, 4, 5, 6])  # full, wrapped
+    buffer = replay.insert(buffer, _rows([np.nan, 8, np.nan]), jnp.array([False, True, False]))
+    assert int(buffer.position) == 2 and int(buffer.size) == 5
+    np.testing.assert_array_equal(buffer.data["x"], [7, 8, 4, 5, 6])  # only row 1 replaced
+    np.testing.assert_array_equal(buffer.data["y"][:, 1], [-7, -8, -4, -5, -6])
+    insert = jax.jit(replay.insert, donate_argnums=0)
+    buffer = insert(buffer, _rows([9, 10]), jnp.array([False, False]))
+    np.testing.assert_array_equal(buffer.data["x"], [7, 8, 4, 5, 6])
+    assert int(buffer.position) == 2
+
+
 def test_insert_more_than_capacity_raises():
     buffer = replay.init(2, {"x": jnp.zeros(())})
     with pytest.raises(ValueError):

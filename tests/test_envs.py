@@ -162,3 +162,35 @@ def test_unknown_names_are_rejected():
         envs.make("h1", task="dance")
     with pytest.raises(ValueError, match="Unknown physics backend"):
         envs.make("h1", backend="bullet")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pd_actuation_commands_clipped_pd_torques(name):
+    env = envs.make(name, backend="cpu", actuation="pd", pd_action_scale=0.5)
+    pd, body = env.pd, env.embodiment
+    state = env.reset(jax.random.PRNGKey(0))
+    physics = state.pipeline_state
+    rng = np.random.default_rng(0)
+    qvel = physics.qvel.at[pd.qvel].set(rng.uniform(-2, 2, len(pd.qvel)).astype(np.float32))
+    physics = physics.replace(qvel=qvel)
+    action = rng.uniform(-1, 1, env.action_size).astype(np.float32)
+    ctrl = np.asarray(env.action_to_ctrl(jnp.asarray(action), physics))
+    target = np.clip(pd.home + 0.5 * action, pd.low, pd.high)
+    torque = pd.kp * (target - np.asarray(physics.qpos)[pd.qpos]) - pd.kd * np.asarray(qvel)[pd.qvel]
+    expected = np.clip(torque / pd.gear, body.ctrl_low, body.ctrl_high)
+    np.testing.assert_allclose(ctrl, expected, rtol=1e-5, atol=1e-6)
+    # Half the full-torque error asks for half the motor; the clip binds beyond the full error.
+    assert np.all(pd.kp * 0.5 == pytest.approx(pd.gear * np.minimum(-body.ctrl_low,
+                                                                     body.ctrl_high)))
+
+
+def test_pd_zero_action_holds_h1_up_longer_than_zero_torque():
+    """Zero torque lets H1 collapse in about 0.3 s; zero PD action holds the home pose (the
+    straight-legged stance still tips over, after about a second)."""
+    steps = {}
+    for actuation in ("torque", "pd"):
+        env = envs.make("h1", backend="cpu", actuation=actuation)
+        results = evaluation.evaluate(env, evaluation.zero_policy(env.action_size),
+                                      jax.random.PRNGKey(0), 2, 150)
+        steps[actuation] = float(np.mean(results["steps"]))
+    assert steps["torque"] < 50 and steps["pd"] > 80, steps

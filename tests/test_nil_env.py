@@ -9,39 +9,29 @@ from nil_jax import envs
 from nil_jax.agents import bro
 from nil_jax.nil_env import NilEnv
 from nil_jax.references import synthetic
-from nil_jax.reward import (nil_reward, regularizers, renderer, silhouettes, timesformer,
-                            timesformer_weights, video_preprocess)
+from nil_jax.reward import nil_reward, regularizers, renderer, silhouettes
 
 SIZE = 32  # a small image keeps the renderer's compile and the tiny encoder cheap
 NUM_ENVS = 2
 LENGTH = 12
-TINY = timesformer.TimesformerConfig(image_size=SIZE, patch_size=16, num_frames=8, hidden_size=48,
-                                     num_hidden_layers=1, num_attention_heads=3,
-                                     intermediate_size=96)
 
 
 @pytest.fixture(scope="module")
-def nil():
+def nil(tiny_video_encoder):
     embodiment = envs.embodiments.load("h1")
     robot = envs.make("h1", task="walk", backend="cpu")
     sil = silhouettes.make(embodiment, SIZE, SIZE, tiers=1)
     # The reference: the synthetic walk's poses, drawn by the same renderer.
     qpos = synthetic.walking_qpos(embodiment, np.arange(LENGTH) * 0.01)
     frames = jax.jit(lambda q: silhouettes.render(sil, q))(jnp.asarray(qpos, jnp.float32))
-    encoder = nil_reward.VideoEncoder(
-        model=timesformer.TimesformerModel(TINY),
-        params=timesformer_weights.random_params(TINY, seed=2),
-        preprocessing=video_preprocess.VideoPreprocessing(shortest_edge=SIZE,
-                                                          crop_size=(SIZE, SIZE)))
+    encoder = tiny_video_encoder(SIZE, num_hidden_layers=1, seed=2)
     grey = np.round(np.asarray(frames["shade"]) * 255).astype(np.uint8)
     clips = grey[np.clip(np.arange(LENGTH)[:, None] + np.arange(-7, 1), 0, None)]
     # Embeddings of the reference clips (frame 0 repeated before the start), same encoder.
-    z_ref = jax.jit(lambda c: timesformer.embed(
-        encoder.model, encoder.params, video_preprocess.preprocess(
-            jnp.repeat(c[..., None], 3, -1), encoder.preprocessing)))(clips)
+    z_ref = jax.jit(lambda c: nil_reward.embed_clips(encoder, c))(clips)
     reference = nil_reward.Reference(masks=frames["mask"], embeddings=z_ref)
     config = nil_reward.RewardConfig(video_stride=2)
-    env = NilEnv(robot, reference, sil, config, encoder)
+    env = NilEnv(robot, reference, sil, config, encoder, observe_phase=True)
     reset = jax.jit(env.reset)
     step = jax.jit(env.step)
     return dict(env=env, reset=reset, step=step, reference=reference, config=config)
@@ -84,6 +74,10 @@ def test_steps_give_the_nil_reward_of_each_term(nil):
         state.pipeline_state.qpos)
     np.testing.assert_allclose(m["reward/iou"], renderer.mask_iou(
         frames["mask"], nil["reference"].masks[4]), atol=1e-6)
+    np.testing.assert_array_equal(state.info["mask"], frames["mask"])
+    # The observation: the robot's, then the fraction of the reference played.
+    assert state.obs.shape == (NUM_ENVS, env.robot.observation_size + 1)
+    np.testing.assert_allclose(state.obs[:, -1], 4 / (LENGTH - 1), rtol=1e-6)
 
 
 def test_bro_trains_on_the_batched_nil_env(nil):

@@ -5,21 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nil_jax.reward import nil_reward, timesformer, timesformer_weights, video_preprocess
+from nil_jax.reward import nil_reward
 
 SIZE = 32
-TINY = timesformer.TimesformerConfig(image_size=SIZE, patch_size=16, num_frames=8, hidden_size=48,
-                                     num_hidden_layers=2, num_attention_heads=3,
-                                     intermediate_size=96)
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    params = timesformer_weights.random_params(TINY, seed=1)
-    return nil_reward.VideoEncoder(
-        model=timesformer.TimesformerModel(TINY), params=params,
-        preprocessing=video_preprocess.VideoPreprocessing(shortest_edge=SIZE,
-                                                          crop_size=(SIZE, SIZE)))
+def encoder(tiny_video_encoder):
+    return tiny_video_encoder(SIZE, num_hidden_layers=2, seed=1)
 
 
 def random_masks(rng, count):
@@ -55,9 +48,7 @@ def test_streams_iou_and_video_similarity(encoder):
     length, batch = 12, 3
     ref_masks = random_masks(rng, length)
     ref_clips = rng.integers(0, 256, (length, 8, SIZE, SIZE)).astype(np.uint8)
-    ref_z = jax.jit(lambda c: timesformer.embed(
-        encoder.model, encoder.params, video_preprocess.preprocess(
-            jnp.repeat(c[..., None], 3, -1), encoder.preprocessing)))(ref_clips)
+    ref_z = jax.jit(lambda c: nil_reward.embed_clips(encoder, c))(ref_clips)
     reference = nil_reward.Reference(masks=jnp.asarray(ref_masks), embeddings=ref_z)
     config = nil_reward.RewardConfig()
     step = jnp.array([0, 5, 30])  # the last is past the end: the last reference frame

@@ -1,14 +1,32 @@
-"""experiments/run.py end to end on a tiny configuration: the run folder and its files."""
+"""experiments/run.py end to end on a tiny configuration of the whole NIL program.
 
+One H1 run (a short synthetic walk at 32x32, 2 envs, small BRO nets) is stopped by a Ctrl-C
+request after its first chunk, resumed with `--resume`, and finished: the run folder must hold
+every output, the logs must continue where the checkpoint left off, and the evaluation must
+score the policy and both baselines. Bad inputs fail before anything is compiled.
+"""
+
+import csv
+import dataclasses
 import importlib.util
 import json
+import os
 import pathlib
+import signal
 import sys
 
 import imageio.v2 as imageio
+import numpy as np
 import pytest
 
+from nil_jax import envs, training
+from nil_jax.references import bundle as bundle_lib
+from nil_jax.references import ingest as ingest_lib
+from nil_jax.references import synthetic
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+FAST = ingest_lib.IngestConfig(segmenter="background", interpolator="linear", encoder="none",
+                               resolution=64)
 
 
 def _load_run_module():
@@ -19,28 +37,131 @@ def _load_run_module():
     return module
 
 
-def test_run_writes_config_metrics_and_video(tmp_path):
-    run = _load_run_module()
-    metrics = run.main(["--embodiment", "a1", "--num-episodes", "2", "--episode-length", "100",
-                        "--video-seconds", "0.4", "--video-size", "64",
-                        "--runs-dir", str(tmp_path), "--run-name", "smoke"])
+@pytest.fixture(scope="module")
+def run():
+    return _load_run_module()
+
+
+@pytest.fixture(scope="module")
+def h1_reference(tmp_path_factory):
+    """A 0.4 s synthetic H1 walk (41 frames at 100 Hz) with its ground truth."""
+    folder = tmp_path_factory.mktemp("references")
+    bundle, _ = synthetic.make(envs.load("h1"), folder,
+                               synthetic.SyntheticConfig(seconds=0.4, video_size=64), FAST)
+    return bundle_lib.save(bundle, folder / "h1_walk.npz")
+
+
+def tiny_args(reference, runs_dir, *extra):
+    return ["--preset", "quick", "--reference", str(reference), "--render-size", "32",
+            "--agent.num-envs", "2", "--agent.critic-width", "16", "--agent.actor-width", "16",
+            "--agent.num-quantiles", "4", "--agent.batch-size", "8", "--agent.warmup-steps", "8",
+            "--agent.replay-capacity", "256", "--env-steps", "60", "--chunk-iterations", "5",
+            "--checkpoint-every", "1", "--eval-episodes", "2", "--video-size", "32",
+            "--runs-dir", str(runs_dir), "--run-name", "smoke", "--no-progress", *extra]
+
+
+class StopAfterFirstChunk(training.StopRequest):
+    """Ctrl-C as the first chunk runs: `train` finishes that chunk, checkpoints and returns."""
+
+    def __enter__(self):
+        super().__enter__()
+        os.kill(os.getpid(), signal.SIGINT)  # the real handler: it only sets the request
+        return self
+
+
+def test_run_stops_resumes_and_writes_every_output(run, h1_reference, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "StopRequest", StopAfterFirstChunk)
+    assert run.main(tiny_args(h1_reference, tmp_path)) == {}  # stopped, not evaluated
     folder = tmp_path / "smoke"
+    assert [p.name for p in training.checkpoints(folder)] == ["step_5"]
+    assert not (folder / "metrics.json").exists()
+    monkeypatch.undo()
+
+    metrics = run.main(["--runs-dir", str(tmp_path), "--run-name", "smoke", "--resume",
+                        "--no-progress"])
     config = json.loads((folder / "config.json").read_text())
-    assert config["embodiment"] == "a1" and config["resolved_backend"] == "cpu"
+    assert config["config"]["render_size"] == 32 and config["config"]["resume"]
+    assert config["resolved"]["reward"]["video_weight"] == 0  # no TimeSformer weights here
+    assert config["resolved"]["episode_length"] == 40
+    with open(folder / "progress.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # 60 env steps / 2 envs = 30 iterations = 6 chunks of 5, each logged once.
+    assert [int(r["iteration"]) for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert all(np.isfinite(float(r["env/reward/iou"])) for r in rows)
+    assert [p.name for p in training.checkpoints(folder)] == ["step_20", "step_25", "step_30"]
+    assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    assert (folder / "reward_curves.png").stat().st_size > 1000
+
     on_disk = json.loads((folder / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
-    for policy in ("zero", "random"):
-        m = on_disk[policy]
-        assert 0 < m["episode_steps_mean"] <= 100
-        assert 0 <= m["reward_per_step_mean"] <= 1
-        assert 0 < m["return_mean"] <= m["episode_steps_mean"]  # at most 1 per step
-    frames = imageio.mimread(folder / "rollout.mp4")
-    assert frames[0].shape == (64, 64, 3)
-    assert 1 < len(frames) <= 11 and frames[0].std() > 5  # a real picture, not a blank frame
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert metrics["training"]["env_steps"] == 60
+    for policy in training.POLICIES:
+        m = metrics[policy]
+        assert 0 <= m["mean_iou"] <= 1 and 0 <= m["fall_rate"] <= 1
+        assert 0 < m["pose_error_rad"] < np.pi
+        assert 0 < m["steps_to_fall_mean"] <= 40
+    # Zero torques let H1 collapse: its pose drifts from the walk more than a standing pose's.
+    assert metrics["zero"]["pose_error_rad"] > 0.01
+    frames = imageio.mimread(folder / "evaluation.mp4")
+    assert frames[0].shape == (32, 96, 3)  # reference | simulation | masks
+    assert len(frames) == 10  # 40 control steps at 100 Hz shown at 25 fps
+    assert not [p for p in folder.rglob(".*") if p.is_file()]  # no temporary files left
 
 
-def test_run_rejects_an_unknown_embodiment(tmp_path):
-    run = _load_run_module()
+def test_stop_request_turns_ctrl_c_into_a_request():
+    with training.StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_finished_run_is_not_overwritten(run, tmp_path):
+    (tmp_path / "smoke" / "checkpoints" / "step_5").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="--resume"):
+        run.main(["--runs-dir", str(tmp_path), "--run-name", "smoke", "--no-progress"])
+
+
+def test_bad_references_fail_clearly(run, h1_reference, tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        run.main(tiny_args(tmp_path / "missing.npz", tmp_path))
+    with pytest.raises(SystemExit, match="(?i)embodiment"):
+        run.main([*tiny_args(h1_reference, tmp_path), "--embodiment", "a1"])
+    short = bundle_lib.load(h1_reference)
+    short = dataclasses.replace(
+        short, **{f.name: getattr(short, f.name)[:8] for f in dataclasses.fields(short)
+                  if isinstance(getattr(short, f.name), np.ndarray)},
+        metadata={**short.metadata, "num_frames": 8})
+    path = bundle_lib.save(short, tmp_path / "short.npz")
+    with pytest.raises(SystemExit, match="one clip"):
+        run.main(tiny_args(path, tmp_path))
     with pytest.raises(SystemExit, match="choose one of"):
         run.main(["--embodiment", "atlas", "--runs-dir", str(tmp_path)])
+
+
+def test_config_file_and_flags_resolve_in_order(run, tmp_path):
+    stored = {"config": {"embodiment": "g1", "env_steps": 123, "agent": {"num_envs": 3},
+                         "reward": {"iou_weight": 0.5, "regularizers": {"foot_slip": 0.0}}}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(stored))
+    preset, config = run.parse_config(["--preset", "quick", "--config-file", str(path),
+                                       "--env-steps", "7"])
+    assert preset == "quick" and config.embodiment == "g1" and config.env_steps == 7
+    assert config.agent.num_envs == 3 and config.agent.critic_width == run.CPU_AGENT.critic_width
+    assert config.reward.iou_weight == 0.5 and config.reward.regularizers.foot_slip == 0
+    assert config.render_size == run.PRESETS["quick"].render_size
+    path.write_text(json.dumps({"embodyment": "h1"}))
+    with pytest.raises(SystemExit, match="Unknown RunConfig fields"):
+        run.parse_config(["--config-file", str(path)])
+
+
+def test_after_a_fall_the_fallen_state_is_scored():
+    """Episode 0 falls at step 2 (of 4): steps 3 and 4 repeat its fallen record."""
+    records = {"done": np.array([[0, 0], [1, 0], [0, 0], [0, 0]], np.float32),
+               "qpos": np.arange(8, dtype=np.float32).reshape(4, 2, 1)}
+    held, steps = training.after_falls_held(records)
+    np.testing.assert_array_equal(steps, [2, 4])
+    np.testing.assert_array_equal(held["qpos"][:, 0, 0], [0, 2, 2, 2])
+    np.testing.assert_array_equal(held["qpos"][:, 1, 0], [1, 3, 5, 7])

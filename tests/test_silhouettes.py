@@ -12,18 +12,7 @@ from nil_jax.reward import renderer, silhouettes
 ROBOT_IOU = 0.85  # mean mask IoU over random poses against the real meshes (issue 3)
 SIZE = 224
 POSES = 8
-
-
-def random_poses(embodiment, count, seed=0):
-    """Home pose with every limited joint (not the root) uniform within its range, the root
-    turned by up to +-0.3 rad about each axis."""
-    model, rng = embodiment.mj_model, np.random.default_rng(seed)
-    poses = np.tile(embodiment.init_qpos, (count, 1))
-    for j in range(model.njnt):
-        if model.jnt_limited[j] and model.jnt_bodyid[j] != model.jnt_bodyid[0]:
-            poses[:, model.jnt_qposadr[j]] = rng.uniform(*model.jnt_range[j], size=count)
-    poses[:, embodiment.root_qpos[3:]] += rng.uniform(-0.3, 0.3, (count, 3))
-    return poses
+ROOT_TURN = 0.3  # rad: random poses turn the root by up to this much about each axis
 
 
 @pytest.mark.parametrize("name", ["h1", "talos", "g1", "a1"])
@@ -33,7 +22,7 @@ def test_robot_masks_match_mujoco_segmentation(name):
     sil = silhouettes.make(embodiment, SIZE, SIZE, tiers=1)
     # Every visible body geom is drawn (primitives as they are, meshes through proxies).
     assert set(sil.spec.label.tolist()) == set(renderer.body_geoms(model))
-    poses = random_poses(embodiment, POSES)
+    poses = silhouettes.random_poses(embodiment, POSES, root_turn=ROOT_TURN)
     frames = jax.device_get(jax.jit(lambda q: silhouettes.render(sil, q))(
         jnp.asarray(poses, jnp.float32)))
     data = mujoco.MjData(model)

@@ -196,16 +196,24 @@ def make(embodiment: Embodiment, folder: str | os.PathLike,
                                ground_truth_masks=truth_masks, metadata=metadata), video
 
 
+def cache_path(embodiment: Embodiment, folder: str | os.PathLike,
+               config: SyntheticConfig = SyntheticConfig(),
+               ingest_config: ingest_lib.IngestConfig =
+               ingest_lib.IngestConfig(segmenter="background")) -> pathlib.Path:
+    """Where `load_or_make` keeps the reference: its name digests every setting."""
+    settings = json.dumps([bundle_lib.FORMAT_VERSION, dataclasses.asdict(config),
+                           dataclasses.asdict(ingest_config)], sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return pathlib.Path(folder) / f"{embodiment.name}_walk_{digest}.npz"
+
+
 def load_or_make(embodiment: Embodiment, folder: str | os.PathLike,
                  config: SyntheticConfig = SyntheticConfig(),
                  ingest_config: ingest_lib.IngestConfig =
                  ingest_lib.IngestConfig(segmenter="background")) -> ReferenceBundle:
     """The synthetic reference of `embodiment`, cached in `folder` under a name that digests
     every setting (the default job's reference: seconds on a CPU, no weights needed)."""
-    settings = json.dumps([bundle_lib.FORMAT_VERSION, dataclasses.asdict(config),
-                           dataclasses.asdict(ingest_config)], sort_keys=True)
-    digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
-    path = pathlib.Path(folder) / f"{embodiment.name}_walk_{digest}.npz"
+    path = cache_path(embodiment, folder, config, ingest_config)
     if path.exists():
         try:
             return bundle_lib.load(path, embodiment=embodiment.name, nq=embodiment.nq)

@@ -1,0 +1,141 @@
+"""What a run shows a person: reward curves, the side-by-side evaluation video, a metrics table.
+
+    progress.csv (one row per training chunk) --plot_progress--> reward_curves.png
+                                              --training_summary--> totals for metrics.json
+    evaluation records of one policy (T, E) + the reference bundle
+        --evaluation_video--> evaluation.mp4: reference frame | MuJoCo rendering of the
+          simulation | masks (reference green, simulation red, overlap yellow)
+    metrics.json's dict --metrics_table--> a markdown table (policy x metric)
+
+Every file is written through a temporary file and renamed (`io_utils`, `video.write_video`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import pathlib
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nil_jax.io_utils import write_bytes  # noqa: E402
+from nil_jax.reward import regularizers  # noqa: E402
+from nil_jax.video import render_trajectory, write_video  # noqa: E402
+
+# The curves of reward_curves.png: (title, CSV columns), columns absent from a run are skipped.
+PANELS = (
+    ("NIL reward per step", ("env_reward",)),
+    ("reward streams", ("env/reward/iou", "env/reward/video")),
+    ("penalties", ("env/penalty/total",) + tuple(f"env/penalty/{t}" for t in regularizers.TERMS)),
+    ("episodes", ("episode_length",)),
+    ("walk reward per step (not trained on)", ("env/reward/env",)),
+    ("critic loss", ("critic_loss",)),
+)
+
+
+def read_progress(path: pathlib.Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {name: np.array([float(r[name]) if r.get(name) not in (None, "") else np.nan
+                            for r in rows]) for name in rows[0]}
+
+
+def plot_progress(csv_path: pathlib.Path, png_path: pathlib.Path) -> None:
+    """One panel per group of PANELS against environment steps."""
+    if not csv_path.exists():
+        return
+    columns = read_progress(csv_path)
+    if not columns:
+        return
+    panels = [(title, [c for c in names if c in columns]) for title, names in PANELS]
+    panels = [(title, names) for title, names in panels if names]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, (title, names) in zip(axes[0], panels):
+        for name in names:
+            ax.plot(columns["env_steps"], columns[name], label=name.split("/")[-1])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("environment steps")
+        if len(names) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes(png_path, buffer.getvalue())
+
+
+def training_summary(csv_path: pathlib.Path) -> dict[str, float]:
+    """Totals over the whole run (every chunk, including those before a resume)."""
+    columns = read_progress(csv_path) if csv_path.exists() else {}
+    if not columns:
+        return {}
+    chunk_iterations = np.diff(columns["iteration"], prepend=0)
+    summary = {"wall_s_last_session": float(columns["wall_s"][-1]),
+               "episodes_finished": float(np.nansum(columns["episodes_finished"]))}
+    if "env/nonfinite_reward" in columns:
+        num_envs = columns["env_steps"][-1] / columns["iteration"][-1]
+        summary["nonfinite_rewards"] = float(np.nansum(
+            columns["env/nonfinite_reward"] * chunk_iterations * num_envs))
+    tail = max(1, len(columns["env_reward"]) // 10)
+    summary["env_reward_last_tenth"] = float(np.nanmean(columns["env_reward"][-tail:]))
+    summary["env_reward_first_tenth"] = float(np.nanmean(columns["env_reward"][:tail]))
+    return summary
+
+
+def _grey_to_rgb(frames: np.ndarray) -> np.ndarray:
+    return frames if frames.ndim == 4 else np.repeat(frames[..., None], 3, -1)
+
+
+def _resize(frames: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return np.stack([cv2.resize(f, (size, size), interpolation=interpolation) for f in frames])
+
+
+def mask_overlay(reference: np.ndarray, simulation: np.ndarray) -> np.ndarray:
+    """(T, H, W) bool x 2 -> (T, H, W, 3) uint8: reference green, simulation red, both yellow."""
+    out = np.zeros(reference.shape + (3,), np.uint8)
+    out[..., 0] = simulation * 255
+    out[..., 1] = reference * 255
+    return out
+
+
+def evaluation_video(setup, records: dict[str, np.ndarray], path: pathlib.Path,
+                     size: int = 224, episode: int = 0, fps: float = 25.0) -> pathlib.Path:
+    """The first evaluation episode beside the reference, at `fps` (every k-th control step)."""
+    bundle, embodiment = setup.bundle, setup.embodiment
+    length = records["qpos"].shape[0]
+    stride = max(1, int(round(1.0 / (fps * embodiment.control_dt))))
+    steps = np.arange(0, length, stride)
+    reference = _resize(_grey_to_rgb(bundle.frames[steps + 1]), size)
+    simulation = render_trajectory(embodiment.mj_model, records["qpos"][steps, episode],
+                                   embodiment.camera_id, size, size)
+    sim_masks = records["mask"][steps, episode].astype(np.uint8)
+    ref_masks = np.asarray(setup.env.reference.masks)[steps + 1].astype(np.uint8)
+    overlay = mask_overlay(_resize(ref_masks, size, nearest=True) > 0,
+                           _resize(sim_masks, size, nearest=True) > 0)
+    return write_video(path, np.concatenate([reference, simulation, overlay], axis=2),
+                       fps=1.0 / (stride * embodiment.control_dt))
+
+
+TABLE_METRICS = ("mean_iou", "mean_video", "pose_error_rad", "fall_rate", "steps_to_fall_mean",
+                 "env_return_mean", "env_reward_per_step_mean")
+
+
+def metrics_table(metrics: dict) -> str:
+    """Markdown: one row per evaluated policy, one column per metric it has."""
+    policies = [name for name, value in metrics.items()
+                if isinstance(value, dict) and "mean_iou" in value]
+    columns = [c for c in TABLE_METRICS if any(c in metrics[p] for p in policies)]
+    lines = ["| policy | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name in policies:
+        cells = [f"{metrics[name][c]:.3f}" if c in metrics[name] else "" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

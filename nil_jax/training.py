@@ -1,0 +1,419 @@
+"""The NIL training program: a reference and a robot -> NilEnv -> BRO, trained in jitted chunks.
+
+    TrainConfig --build--> Setup(embodiment, bundle, NilEnv, Bro, the reward as used, notes)
+        reference: a bundle, a raw video (ingested once), or the synthetic walk (made once)
+    train(setup, run_dir, env_steps):
+        state = restore(newest checkpoint) or learner.init(seed)
+        repeat: state, metrics = chunk(state)      one jitted lax.scan of `chunk_iterations`
+                                                   training iterations (act -> physics ->
+                                                   render -> reward -> insert -> updates), the
+                                                   state donated
+                metrics averaged over the chunk --> progress.csv + TensorBoard
+                every `checkpoint_every` chunks --> orbax checkpoint (written to a temporary
+                                                    folder and renamed: never half a checkpoint)
+        Ctrl-C: the running chunk finishes, a checkpoint is written, train returns
+    evaluate(setup, agent): the trained policy, zero and random actions from the same resets,
+        for the reference's length (PROTOCOL): IoU, video similarity, pose error, walk reward,
+        falls
+
+Nothing leaves the device inside a chunk; the host sees one metrics dict per chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+import pathlib
+import shutil
+import signal
+import threading
+import time
+from typing import Optional
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorboardX
+import tqdm
+
+from nil_jax import envs
+from nil_jax.envs import assets
+from nil_jax.agents import bro, checkpoint
+from nil_jax.envs.embodiments import Embodiment
+from nil_jax.io_utils import write_text
+from nil_jax.nil_env import NilEnv
+from nil_jax.references import bundle as bundle_lib
+from nil_jax.references import embed as embed_lib
+from nil_jax.references import ingest as ingest_lib
+from nil_jax.references import synthetic
+from nil_jax.references.errors import TooFewFramesError
+from nil_jax.reward import nil_reward, renderer, silhouettes, timesformer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    embodiment: str = "h1"
+    skill: str = "walk"
+    backend: Optional[str] = None  # None: cpu when JAX runs on the CPU, else mjx
+    actuation: str = "torque"  # "torque" (the model's motors) or "pd" (joint targets), robot_env
+    pd_action_scale: float = 1.0  # rad of target offset from the home pose per unit of action
+    observe_phase: bool = True  # the policy sees t / (T - 1), how far the reference has played
+    # A bundle (.npz), or a raw video of the embodiment (prepared into a bundle in
+    # references_dir on first use), or None: the embodiment's synthetic walk.
+    reference: Optional[str] = None
+    references_dir: str = "references"
+    encoder: str = "auto"  # auto: the pretrained TimeSformer if found, else no video stream
+    encoder_checkpoint: Optional[str] = None  # default: $NIL_JAX_TIMESFORMER, else the K400 one
+    random_encoder: str = "tiny"  # the architecture when encoder == "random" (smoke runs)
+    encoder_dtype: str = "float32"  # "bfloat16" on accelerators
+    render_size: Optional[int] = None  # side of the simulation's frames; None: the reference's
+    reward: nil_reward.RewardConfig = nil_reward.RewardConfig()
+    agent: bro.BroConfig = bro.preset("bro_fast", num_envs=4)
+    env_steps: int = 100_000  # transitions to train on (rounded up to whole chunks)
+    chunk_iterations: int = 50
+    checkpoint_every: int = 10  # chunks
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    config: TrainConfig
+    embodiment: Embodiment
+    bundle: bundle_lib.ReferenceBundle
+    env: NilEnv
+    learner: bro.Bro
+    reward: nil_reward.RewardConfig  # as used (the video stream off when there is no encoder)
+    reference_path: str
+    notes: tuple[str, ...]  # what the run decided on its own (said loudly, kept in config.json)
+
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif")
+
+
+def load_reference(config: TrainConfig, embodiment: Embodiment
+                   ) -> tuple[bundle_lib.ReferenceBundle, pathlib.Path]:
+    """The reference bundle and its file: the synthetic walk, a bundle, or a raw video ingested
+    once (the bundle is cached under references_dir by the video's digest)."""
+    if config.reference is None:
+        if config.skill != "walk":
+            raise ValueError(f"There is no synthetic reference of skill {config.skill!r}; pass "
+                             "--reference (a bundle or a video).")
+        return (synthetic.load_or_make(embodiment, config.references_dir),
+                synthetic.cache_path(embodiment, config.references_dir))
+    path = pathlib.Path(config.reference)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Reference {path} does not exist. Pass a bundle made by "
+            "`experiments/prepare_reference.py ingest`, or a video of the robot.")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        digest = assets.sha256_file(path)[:12]
+        bundle_path = pathlib.Path(config.references_dir) / f"{path.stem}_{digest}.npz"
+        if not bundle_path.exists():
+            logger.warning("Preparing the reference bundle of %s (once) -> %s", path, bundle_path)
+            bundle = ingest_lib.ingest(path, embodiment, ingest_lib.IngestConfig(
+                skill=config.skill, encoder=config.encoder if config.encoder != "random"
+                else "none", encoder_checkpoint=config.encoder_checkpoint))
+            bundle_lib.save(bundle, bundle_path)
+        path = bundle_path
+    return bundle_lib.load(path, embodiment=embodiment.name, nq=embodiment.nq), path
+
+
+def video_encoder(config: TrainConfig, bundle: bundle_lib.ReferenceBundle
+                  ) -> tuple[Optional[nil_reward.VideoEncoder], Optional[np.ndarray], list[str]]:
+    """(encoder, reference embeddings, notes). The embeddings must come from the same encoder:
+    the bundle's own when its encoder id matches, else computed here (slow on a CPU)."""
+    notes = []
+    if config.reward.video_weight == 0 or config.encoder == "none":
+        return None, None, ["video stream off"]
+    encoder, info = embed_lib.load(config.encoder, config.encoder_checkpoint,
+                                   random_config=config.random_encoder, seed=config.seed)
+    if encoder is None:
+        notes.append("NO TimeSformer weights found: the video stream is OFF "
+                     f"({info.get('note')}); IoU and regularizers only")
+        return None, None, notes
+    if encoder.id == embed_lib.RANDOM_ID:
+        notes.append("RANDOM TimeSformer weights: the video stream is meaningless (smoke run)")
+    if bundle.embeddings is not None and bundle.encoder_id == encoder.id \
+            and encoder.id != embed_lib.RANDOM_ID:
+        embeddings = bundle.embeddings
+    else:
+        notes.append(f"reference embeddings computed now with {encoder.id}")
+        embeddings = embed_lib.embed_frames(encoder, bundle.frames)
+    dtype = jnp.bfloat16 if config.encoder_dtype == "bfloat16" else jnp.float32
+    return nil_reward.VideoEncoder(model=timesformer.TimesformerModel(encoder.config, dtype),
+                                   params=encoder.params,
+                                   preprocessing=encoder.preprocessing), embeddings, notes
+
+
+def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W) bool -> (T, size, size) bool: pixel-area averages above one half. The tracking
+    camera's field of view is the same at every size, so these are the masks a renderer of
+    that size would draw."""
+    if masks.shape[1:] == (size, size):
+        return masks
+    return np.stack([cv2.resize(m.astype(np.float32), (size, size),
+                                interpolation=cv2.INTER_AREA) > 0.5 for m in masks])
+
+
+def build(config: TrainConfig) -> Setup:
+    embodiment = envs.embodiments.load(config.embodiment)
+    bundle, reference_path = load_reference(config, embodiment)
+    if bundle.num_frames < nil_reward.CLIP_FRAMES + 1:
+        raise TooFewFramesError(f"The reference has {bundle.num_frames} frames: at least "
+                         f"{nil_reward.CLIP_FRAMES + 1} are needed (one clip and one step).")
+    encoder, embeddings, notes = video_encoder(config, bundle)
+    reward = config.reward
+    if encoder is None and reward.video_weight > 0:
+        reward = dataclasses.replace(reward, video_weight=0.0)
+    for note in notes:
+        logger.warning("!! %s", note)
+    size = config.render_size or bundle.frames.shape[1]
+    sil = silhouettes.make(embodiment, size, size)
+    reference = nil_reward.Reference(masks=jnp.asarray(resize_masks(bundle.masks, size)),
+                                     embeddings=None if embeddings is None
+                                     else jnp.asarray(embeddings))
+    robot = envs.make(config.embodiment, task="walk", backend=config.backend,
+                      actuation=config.actuation, pd_action_scale=config.pd_action_scale)
+    env = NilEnv(robot, reference, sil, reward, encoder, observe_phase=config.observe_phase)
+    agent = dataclasses.replace(config.agent, episode_length=bundle.num_frames - 1)
+    learner = bro.Bro(env, agent, batched=True)
+    return Setup(config, embodiment, bundle, env, learner, reward, str(reference_path),
+                 tuple(notes))
+
+
+def chunk_function(learner: bro.Bro, iterations: int):
+    """`state -> (state, metrics averaged over the chunk)`, jitted, the state donated."""
+    def chunk(state):
+        state, metrics = learner.train(state, iterations)
+        finished = metrics["episodes_finished"]
+        means = jax.tree.map(jnp.mean, metrics)
+        # Episode statistics are per finished episode, not per iteration.
+        for name in ("episode_return", "episode_length"):
+            means[name] = jnp.sum(metrics[name] * finished) / jnp.maximum(jnp.sum(finished), 1.0)
+        means["episodes_finished"] = jnp.sum(finished)
+        return state, means
+    return jax.jit(chunk, donate_argnums=0)
+
+
+def checkpoints(run_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The run's checkpoints, oldest first (orbax writes each to a temporary folder and renames
+    it, so a folder named step_N is complete)."""
+    return sorted((run_dir / "checkpoints").glob("step_*"),
+                  key=lambda p: int(p.name.split("_")[1]))
+
+
+def init_or_resume(setup: Setup, run_dir: pathlib.Path, resume: bool) -> bro.LearnerState:
+    found = checkpoints(run_dir) if resume else []
+    if found:
+        logger.info("Resuming from %s", found[-1])
+        return checkpoint.restore(found[-1], setup.learner)
+    return jax.jit(setup.learner.init)(jax.random.PRNGKey(setup.config.seed))
+
+
+def save_checkpoint(run_dir: pathlib.Path, state: bro.LearnerState, keep: int = 3
+                    ) -> pathlib.Path:
+    """Saves `state` as checkpoints/step_<iteration> and keeps the newest `keep`."""
+    step = int(np.asarray(state.step))
+    path = run_dir / "checkpoints" / f"step_{step}"
+    if not path.exists():
+        checkpoint.save(path, state)
+    for old in checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old)
+    return path
+
+
+class MetricsLog:
+    """One row per chunk to `progress.csv` and TensorBoard. On resume, rows past the restored
+    iteration (work lost since the last checkpoint) are dropped from both."""
+
+    def __init__(self, run_dir: pathlib.Path, resume_iteration: int):
+        self.path = run_dir / "progress.csv"
+        self.rows = []
+        if self.path.exists() and resume_iteration > 0:
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_iteration]
+        self.writer = tensorboardX.SummaryWriter(str(run_dir / "tensorboard"),
+                                                 purge_step=resume_iteration or None)
+
+    def append(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+        for name, value in row.items():
+            if name != "iteration":
+                self.writer.add_scalar(name, value, int(row["iteration"]))
+        # Rewritten whole through a temporary file: the log is never half a row.
+        names = list(dict.fromkeys(k for r in self.rows for k in r))
+        buffer = io.StringIO()
+        out = csv.DictWriter(buffer, names)
+        out.writeheader()
+        out.writerows(self.rows)
+        write_text(self.path, buffer.getvalue())
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class StopRequest:
+    """Ctrl-C during training: the first finishes the running chunk and checkpoints, the second
+    interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        def handle(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            logger.warning("Ctrl-C: stopping after this chunk and writing a checkpoint "
+                           "(press again to stop at once).")
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def train(setup: Setup, run_dir: pathlib.Path, env_steps: int, *, resume: bool = False,
+          progress: bool = True) -> tuple[bro.LearnerState, bool]:
+    """Trains until `env_steps` transitions (rounded up to whole chunks). Returns the state and
+    whether training finished (False when stopped by Ctrl-C; a checkpoint holds the state)."""
+    config, learner = setup.config, setup.learner
+    per_chunk = config.chunk_iterations * learner.config.num_envs
+    total_chunks = max(1, math.ceil(env_steps / per_chunk))
+    state = init_or_resume(setup, run_dir, resume)
+    done_chunks = int(np.asarray(state.step)) // config.chunk_iterations
+    log = MetricsLog(run_dir, int(np.asarray(state.step)))
+    chunk = chunk_function(learner, config.chunk_iterations)
+    bar = tqdm.tqdm(total=total_chunks * per_chunk, initial=done_chunks * per_chunk,
+                    unit="env step", disable=not progress, dynamic_ncols=True)
+    started = time.perf_counter()
+    finished = True
+    try:
+        with StopRequest() as stop:
+            for index in range(done_chunks, total_chunks):
+                state, metrics = chunk(state)
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                iteration = int(np.asarray(state.step))
+                log.append({"iteration": iteration, "env_steps": iteration * learner.config.num_envs,
+                            "wall_s": time.perf_counter() - started, **metrics})
+                bar.update(per_chunk)
+                bar.set_postfix(reward=f"{metrics['env_reward']:.3f}",
+                                iou=f"{metrics.get('env/reward/iou', float('nan')):.3f}")
+                if stop.requested:
+                    finished = False
+                    break
+                if (index + 1) % config.checkpoint_every == 0:
+                    save_checkpoint(run_dir, state)
+    finally:
+        bar.close()
+        log.close()
+    save_checkpoint(run_dir, state)
+    return state, finished
+
+
+PROTOCOL = ("Each policy runs `episodes` episodes from the reference's start (the same reset "
+            "keys for every policy) for the reference's length, deterministic actions for the "
+            "trained policy. An episode ends at its first fall, as in training, and the robot "
+            "stays down: every later step of the reference is scored against the fallen state. "
+            "mean_iou: mask IoU with the reference, mean over all steps (the fallen mask after a "
+            "fall). mean_video: TimeSformer similarity, all steps (held from the fall on). "
+            "pose_error_rad: mean |angle - ground truth| over the root's three rotations and "
+            "every joint, all steps (the fallen pose after a fall). env_return_mean: LocoMujoco's walk "
+            "reward summed until the first fall; env_reward_per_step_mean: that sum divided by "
+            "the steps taken. fall_rate: episodes that fell before the reference ended.")
+POLICIES = ("nil", "zero", "random")  # the trained policy (deterministic) and the two baselines
+
+
+def evaluation_function(setup: Setup, num_episodes: int):
+    """`(agent, policy index into POLICIES, key) -> per-step records (T, E)`, compiled once for
+    all policies: the episodes run the reference's length from its start (steps after a fall
+    are simulated but not scored: `summarize` holds the fallen state)."""
+    env, learner, length = setup.env, setup.learner, setup.bundle.num_frames - 1
+
+    def act(agent, kind, obs, key):
+        return jax.lax.switch(kind, [
+            lambda: learner.act(agent, obs),
+            lambda: jnp.zeros((num_episodes, env.action_size), obs.dtype),
+            lambda: jax.random.uniform(key, (num_episodes, env.action_size), obs.dtype,
+                                       -1.0, 1.0)])
+
+    def run(agent, kind, key):
+        key_reset, key_act = jax.random.split(key)
+        state = env.reset(jax.random.split(key_reset, num_episodes))
+
+        def step(state, key):
+            state = env.step(state, act(agent, kind, state.obs, key))
+            record = {name: state.metrics[name] for name in ("reward/iou", "reward/env")}
+            if "reward/video" in state.metrics:
+                record["reward/video"] = state.metrics["reward/video"]
+            record.update(qpos=state.pipeline_state.qpos, done=state.done,
+                          mask=state.info["mask"])
+            return state, record
+
+        _, records = jax.lax.scan(step, state, jax.random.split(key_act, length))
+        return records
+
+    return jax.jit(run)
+
+
+def hinge_qpos(embodiment: Embodiment) -> np.ndarray:
+    """qpos indices of every angle: the root's three rotations and the joints (not the slides)."""
+    slides = [*embodiment.root_xy_qpos, embodiment.root_height_qpos]
+    return np.setdiff1d(np.arange(embodiment.nq), slides)
+
+
+def after_falls_held(records: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Records (T, E) where every step after an episode's first fall shows the fallen state:
+    the episode ends there, as in training, and the robot stays down for the rest of the
+    reference. Also the steps taken (E,)."""
+    done = records["done"] > 0
+    length = done.shape[0]
+    steps = np.where(done.any(0), np.argmax(done, 0) + 1, length)
+    held = np.minimum(np.arange(length)[:, None], steps[None] - 1)  # (T, E) record index
+    columns = np.arange(done.shape[1])[None]
+    return {name: value[held, columns] for name, value in records.items()}, steps
+
+
+def summarize(setup: Setup, records: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means over the episodes of one policy (records (T, E) from `evaluation_function`); see
+    PROTOCOL. Scores after a fall compare the fallen state with the reference as it goes on."""
+    length = records["done"].shape[0]
+    held, steps = after_falls_held(records)
+    alive = np.arange(length)[:, None] < steps[None]
+    env_return = (records["reward/env"] * alive).sum(0)
+    reference_masks = np.asarray(setup.env.reference.masks)[1:length + 1, None]
+    iou = np.asarray(renderer.mask_iou(held["mask"], reference_masks))
+    metrics = {"fall_rate": float((steps < length).mean()),
+               "steps_to_fall_mean": float(steps.mean()),
+               "env_return_mean": float(env_return.mean()),
+               "env_reward_per_step_mean": float((env_return / steps).mean()),
+               "mean_iou": float(iou.mean())}
+    if "reward/video" in records:  # the fallen clip's similarity is held (no encoder here)
+        metrics["mean_video"] = float(held["reward/video"].mean())
+    truth = setup.bundle.ground_truth_qpos
+    if truth is not None:
+        angles = hinge_qpos(setup.embodiment)
+        error = np.abs(held["qpos"][..., angles] - truth[1:length + 1, None, angles])
+        metrics["pose_error_rad"] = float(error.mean())
+    return metrics
+
+
+def evaluate(setup: Setup, agent, key: jax.Array, num_episodes: int = 5,
+             policies: tuple[str, ...] = POLICIES) -> tuple[dict, dict]:
+    """({policy: metrics}, {policy: records}) for the trained policy and the baselines, each on
+    the same reset keys."""
+    run = evaluation_function(setup, num_episodes)
+    metrics, records = {}, {}
+    for name in policies:
+        records[name] = jax.device_get(run(agent, POLICIES.index(name), key))
+        metrics[name] = summarize(setup, records[name])
+    return metrics, records
