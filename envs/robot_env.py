@@ -62,6 +62,10 @@ def pd_gains(embodiment: Embodiment, full_torque_error: float, damping_ratio: fl
     if np.any(model.actuator_trntype != int(mujoco.mjtTrn.mjTRN_JOINT)) or np.any(
             model.jnt_type[joints] != int(mujoco.mjtJoint.mjJNT_HINGE)):
         raise ValueError(f"{embodiment.name}: PD actuation needs every actuator on a hinge joint.")
+    plain_motor = (model.actuator_gainprm[:, 0] == 1) & np.all(model.actuator_biasprm == 0, 1)
+    if not (np.all(model.jnt_limited[joints]) and np.all(plain_motor)):
+        raise ValueError(f"{embodiment.name}: PD actuation needs motors (gain 1, no bias) on "
+                         "joints with a range; use actuation='torque' for this model.")
     gear = model.actuator_gear[:, 0]
     limit = gear * np.minimum(np.abs(embodiment.ctrl_low), np.abs(embodiment.ctrl_high))
     kp = limit / full_torque_error

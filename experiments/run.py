@@ -127,6 +127,7 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
             raise SystemExit(f"--config-file {path} does not exist.")
         stored = json.loads(path.read_text())
         stored = stored.get("config", stored)  # an earlier run's config.json works as is
+        stored = {k: v for k, v in stored.items() if k not in RUN_CONTROL}
         default = from_dict(RunConfig, deep_merge(dataclasses.asdict(default), stored))
     config = tyro.cli(RunConfig, default=default, args=rest,
                       description=__doc__.split("\n")[0])
@@ -136,8 +137,16 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
     return known.preset, config
 
 
-def run_folder(preset: str, config: RunConfig) -> tuple[pathlib.Path, RunConfig]:
-    """The run folder, and the config to run: a resumed run's own stored config."""
+# Fields that say where and how to run, not what to run: never read from a config file.
+RUN_CONTROL = ("resume", "run_name", "runs_dir", "progress")
+# What a resumed run may change (to train longer, or evaluate differently); all else is stored.
+CHANGEABLE_ON_RESUME = ("env_steps", "eval_episodes", "video_size", "checkpoint_every")
+
+
+def run_folder(preset: str, config: RunConfig) -> tuple[pathlib.Path, str, RunConfig]:
+    """The run folder, its preset, and the config to run: for a resumed run, its stored config
+    with the changeable flags applied and what the first run decided itself (physics backend,
+    video stream on or off) pinned, so that the state restores into the same layout."""
     runs = pathlib.Path(config.runs_dir)
     prefix = f"{config.embodiment}-{config.skill}-{preset}-"
     if not config.resume:
@@ -146,7 +155,7 @@ def run_folder(preset: str, config: RunConfig) -> tuple[pathlib.Path, RunConfig]
         if training.checkpoints(folder):
             raise SystemExit(f"{folder} already holds a run: pass --resume to continue it, or "
                              "another --run-name.")
-        return folder, config
+        return folder, preset, config
     if config.run_name is not None:
         folder = runs / config.run_name
     else:
@@ -156,9 +165,24 @@ def run_folder(preset: str, config: RunConfig) -> tuple[pathlib.Path, RunConfig]
         folder = candidates[-1].parent
     if not (folder / "config.json").is_file():
         raise SystemExit(f"--resume: {folder} has no config.json; is it a run folder?")
-    stored = json.loads((folder / "config.json").read_text())["config"]
-    stored.update(resume=True, progress=config.progress)
-    return folder, from_dict(RunConfig, stored)
+    record = json.loads((folder / "config.json").read_text())
+    stored = from_dict(RunConfig, {k: v for k, v in record["config"].items()
+                                   if k not in RUN_CONTROL})
+    given = {f.name for f in dataclasses.fields(RunConfig) if f.name not in RUN_CONTROL
+             and getattr(config, f.name) != getattr(PRESETS[preset], f.name)
+             and getattr(config, f.name) != getattr(stored, f.name)}
+    if given - set(CHANGEABLE_ON_RESUME):
+        raise SystemExit(f"--resume continues {folder} with its stored configuration: "
+                         f"{sorted(given - set(CHANGEABLE_ON_RESUME))} cannot change (only "
+                         f"{', '.join(CHANGEABLE_ON_RESUME)} can). Start a new run instead.")
+    resolved = record["resolved"]
+    pinned = {"backend": resolved["backend"]}
+    if resolved["reward"]["video_weight"] == 0:
+        pinned["encoder"] = "none"
+    config = dataclasses.replace(stored, **{name: getattr(config, name) for name in given},
+                                 **pinned, resume=True, progress=config.progress,
+                                 runs_dir=config.runs_dir, run_name=folder.name)
+    return folder, record.get("preset", preset), config
 
 
 def use_compilation_cache() -> None:
@@ -171,7 +195,7 @@ def use_compilation_cache() -> None:
 
 def main(argv: Optional[list[str]] = None) -> dict:
     preset, config = parse_config(sys.argv[1:] if argv is None else argv)
-    run_dir, config = run_folder(preset, config)
+    run_dir, preset, config = run_folder(preset, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Libraries' INFO lines (orbax, absl, jax) would drown the run's own.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",

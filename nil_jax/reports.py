@@ -79,10 +79,9 @@ def training_summary(csv_path: pathlib.Path) -> dict[str, float]:
     chunk_iterations = np.diff(columns["iteration"], prepend=0)
     summary = {"wall_s_last_session": float(columns["wall_s"][-1]),
                "episodes_finished": float(np.nansum(columns["episodes_finished"]))}
-    if "env/nonfinite_reward" in columns:
-        num_envs = columns["env_steps"][-1] / columns["iteration"][-1]
-        summary["nonfinite_rewards"] = float(np.nansum(
-            columns["env/nonfinite_reward"] * chunk_iterations * num_envs))
+    if "invalid_transitions" in columns:  # diverged physics or reward: never trained on
+        summary["invalid_transitions"] = float(np.nansum(
+            columns["invalid_transitions"] * chunk_iterations))
     tail = max(1, len(columns["env_reward"]) // 10)
     summary["env_reward_last_tenth"] = float(np.nanmean(columns["env_reward"][-tail:]))
     summary["env_reward_first_tenth"] = float(np.nanmean(columns["env_reward"][:tail]))

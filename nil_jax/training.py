@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
+import json
 import logging
 import math
 import pathlib
+import re
 import shutil
 import signal
 import threading
@@ -68,6 +71,9 @@ class TrainConfig:
     # references_dir on first use), or None: the embodiment's synthetic walk.
     reference: Optional[str] = None
     references_dir: str = "references"
+    # How a raw video is prepared (fps when the file lacks it, segmenter, SAM 2 checkpoint);
+    # its skill and encoder come from the fields above.
+    ingest: ingest_lib.IngestConfig = ingest_lib.IngestConfig()
     encoder: str = "auto"  # auto: the pretrained TimeSformer if found, else no video stream
     encoder_checkpoint: Optional[str] = None  # default: $NIL_JAX_TIMESFORMER, else the K400 one
     random_encoder: str = "tiny"  # the architecture when encoder == "random" (smoke runs)
@@ -112,14 +118,19 @@ def load_reference(config: TrainConfig, embodiment: Embodiment
             f"Reference {path} does not exist. Pass a bundle made by "
             "`experiments/prepare_reference.py ingest`, or a video of the robot.")
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        digest = assets.sha256_file(path)[:12]
+        ingest = dataclasses.replace(
+            config.ingest, skill=config.skill, encoder_checkpoint=config.encoder_checkpoint,
+            encoder=config.encoder if config.encoder != "random" else "none")
+        # The bundle is cached under the video's digest and every ingest setting.
+        settings = json.dumps([embodiment.name, dataclasses.asdict(ingest)], sort_keys=True)
+        digest = (assets.sha256_file(path)[:12] + "_"
+                  + hashlib.sha256(settings.encode()).hexdigest()[:8])
         bundle_path = pathlib.Path(config.references_dir) / f"{path.stem}_{digest}.npz"
         if not bundle_path.exists():
-            logger.warning("Preparing the reference bundle of %s (once) -> %s", path, bundle_path)
-            bundle = ingest_lib.ingest(path, embodiment, ingest_lib.IngestConfig(
-                skill=config.skill, encoder=config.encoder if config.encoder != "random"
-                else "none", encoder_checkpoint=config.encoder_checkpoint))
-            bundle_lib.save(bundle, bundle_path)
+            logger.warning("Preparing the reference bundle of %s (once) -> %s. Its settings "
+                           "are --ingest.* (or use experiments/prepare_reference.py ingest).",
+                           path, bundle_path)
+            bundle_lib.save(ingest_lib.ingest(path, embodiment, ingest), bundle_path)
         path = bundle_path
     return bundle_lib.load(path, embodiment=embodiment.name, nq=embodiment.nq), path
 
@@ -201,11 +212,16 @@ def chunk_function(learner: bro.Bro, iterations: int):
     return jax.jit(chunk, donate_argnums=0)
 
 
+CHECKPOINT_NAME = re.compile(r"step_(\d+)")
+
+
 def checkpoints(run_dir: pathlib.Path) -> list[pathlib.Path]:
-    """The run's checkpoints, oldest first (orbax writes each to a temporary folder and renames
-    it, so a folder named step_N is complete)."""
-    return sorted((run_dir / "checkpoints").glob("step_*"),
-                  key=lambda p: int(p.name.split("_")[1]))
+    """The run's complete checkpoints, oldest first. Orbax writes each to a temporary folder
+    (step_N.orbax-checkpoint-tmp-...) and renames it when done; a save killed midway leaves
+    only such a folder, which is not a checkpoint."""
+    found = [p for p in (run_dir / "checkpoints").glob("step_*")
+             if CHECKPOINT_NAME.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)))
 
 
 def init_or_resume(setup: Setup, run_dir: pathlib.Path, resume: bool) -> bro.LearnerState:
@@ -225,6 +241,8 @@ def save_checkpoint(run_dir: pathlib.Path, state: bro.LearnerState, keep: int = 
         checkpoint.save(path, state)
     for old in checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
+    for unfinished in (run_dir / "checkpoints").glob("step_*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(unfinished)  # left by a save that was killed
     return path
 
 
@@ -239,7 +257,8 @@ class MetricsLog:
             with open(self.path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_iteration]
         self.writer = tensorboardX.SummaryWriter(str(run_dir / "tensorboard"),
-                                                 purge_step=resume_iteration or None)
+                                                 purge_step=resume_iteration + 1
+                                                 if resume_iteration else None)
 
     def append(self, row: dict[str, float]) -> None:
         self.rows.append(row)
@@ -313,10 +332,10 @@ def train(setup: Setup, run_dir: pathlib.Path, env_steps: int, *, resume: bool =
                     break
                 if (index + 1) % config.checkpoint_every == 0:
                     save_checkpoint(run_dir, state)
+            save_checkpoint(run_dir, state)  # a first Ctrl-C now does not cut it short
     finally:
         bar.close()
         log.close()
-    save_checkpoint(run_dir, state)
     return state, finished
 
 

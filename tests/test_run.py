@@ -77,10 +77,14 @@ def test_run_stops_resumes_and_writes_every_output(run, h1_reference, tmp_path, 
     assert not (folder / "metrics.json").exists()
     monkeypatch.undo()
 
+    with pytest.raises(SystemExit, match="cannot change"):
+        run.main(["--runs-dir", str(tmp_path), "--run-name", "smoke", "--resume",
+                  "--render-size", "48"])
     metrics = run.main(["--runs-dir", str(tmp_path), "--run-name", "smoke", "--resume",
                         "--no-progress"])
     config = json.loads((folder / "config.json").read_text())
-    assert config["config"]["render_size"] == 32 and config["config"]["resume"]
+    assert config["preset"] == "quick" and config["config"]["resume"]
+    assert config["config"]["render_size"] == 32 and config["config"]["encoder"] == "none"
     assert config["resolved"]["reward"]["video_weight"] == 0  # no TimeSformer weights here
     assert config["resolved"]["episode_length"] == 40
     with open(folder / "progress.csv", newline="") as f:
@@ -100,7 +104,7 @@ def test_run_stops_resumes_and_writes_every_output(run, h1_reference, tmp_path, 
         assert 0 <= m["mean_iou"] <= 1 and 0 <= m["fall_rate"] <= 1
         assert 0 < m["pose_error_rad"] < np.pi
         assert 0 < m["steps_to_fall_mean"] <= 40
-    # Zero torques let H1 collapse: its pose drifts from the walk more than a standing pose's.
+    # Zero action holds the home pose, which is not the walk's.
     assert metrics["zero"]["pose_error_rad"] > 0.01
     frames = imageio.mimread(folder / "evaluation.mp4")
     assert frames[0].shape == (32, 96, 3)  # reference | simulation | masks
