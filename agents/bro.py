@@ -220,10 +220,14 @@ class Bro:
     """The BRO learner for one environment and config: networks, optimizers and pure functions
     of `LearnerState`. Its attributes are set once here and never change."""
 
-    def __init__(self, env: Env, config: BroConfig = BroConfig(), *, batched: bool = False):
+    def __init__(self, env: Env, config: BroConfig = BroConfig(), *, batched: bool = False,
+                 batch_sharding: Optional[jax.sharding.Sharding] = None):
         """`batched`: `env` already steps a batch of environments (its `reset` takes
-        `num_envs` keys), as `nil_jax.nil_env.NilEnv` does; otherwise it is vmapped here."""
+        `num_envs` keys), as `nil_jax.nil_env.NilEnv` does; otherwise it is vmapped here.
+        `batch_sharding`: where each update's sampled batch lives; split over devices, each
+        computes the gradients of its share (`nil_jax.parallel`)."""
         c = self.config = config
+        self.batch_sharding = batch_sharding
         self.env = env  # the environment as given
         self.envs = brax_training.EpisodeWrapper(
             env if batched else brax_training.VmapWrapper(env), c.episode_length,
@@ -354,6 +358,8 @@ class Bro:
         def one(agent, key):
             key_sample, key_update = jax.random.split(key)
             batch = replay.sample(buffer, key_sample, self.config.batch_size)
+            if self.batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, self.batch_sharding)
             return self.update(agent, batch, key_update)
 
         keys = jax.random.split(key, self.config.updates_per_step)

@@ -2,7 +2,9 @@
 
     save(path, state)                       every array: agent, optimizer states, duals, the
                                             initial parameters, replay, environments, rng, step
-    restore(path, learner, num_seeds=None)  a state of the same shapes, read back exactly
+    restore(path, learner, num_seeds=None, shardings=None)
+                                            a state of the same shapes, read back exactly (into
+                                            the given shardings: any number of devices)
 
 A restored state continues bit-identically to the saved one on the same machine: nothing of the
 run lives outside the state (the learner and its compiled functions are rebuilt from the
@@ -47,11 +49,21 @@ def save(path: str | os.PathLike, state: bro.LearnerState) -> None:
         checkpointer.wait_until_finished()
 
 
-def restore(path: str | os.PathLike, learner: bro.Bro,
-            num_seeds: Optional[int] = None) -> bro.LearnerState:
-    """Reads a state saved by `save` for the same config (and number of seeds)."""
+def restore(path: str | os.PathLike, learner: bro.Bro, num_seeds: Optional[int] = None,
+            shardings=None) -> bro.LearnerState:
+    """Reads a state saved by `save` for the same config (and number of seeds), into
+    `shardings` (a pytree like the state, `nil_jax.parallel.state_shardings`) if given: a run
+    saved on some number of devices restores onto any other."""
     leaves, treedef = jax.tree.flatten(abstract_state(learner, num_seeds))
+    if shardings is not None:
+        leaves = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+                  for leaf, sharding in zip(leaves, treedef.flatten_up_to(shardings))]
     with ocp.StandardCheckpointer() as checkpointer:
         stored = checkpointer.restore(os.path.abspath(path), _nonempty(leaves))
-    return treedef.unflatten([stored.get(str(i), jnp.zeros(leaf.shape, leaf.dtype))
+
+    def empty(leaf):
+        zeros = jnp.zeros(leaf.shape, leaf.dtype)
+        return zeros if leaf.sharding is None else jax.device_put(zeros, leaf.sharding)
+
+    return treedef.unflatten([stored[str(i)] if str(i) in stored else empty(leaf)
                               for i, leaf in enumerate(leaves)])

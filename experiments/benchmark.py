@@ -1,6 +1,11 @@
 """Benchmarks: environment steps/s (`--suite envs`), silhouette masks/s (`--suite renderer`),
-TimeSformer clips/s (`--suite timesformer`, measured by experiments/encoder_benchmark.py) and
-BRO updates/s and training env steps/s (`--suite agent`, experiments/agent_benchmark.py).
+TimeSformer clips/s (`--suite timesformer`, measured by experiments/encoder_benchmark.py),
+BRO updates/s and training env steps/s (`--suite agent`, experiments/agent_benchmark.py), and
+the whole NIL program stage by stage against a per-step sequential baseline, with its scaling
+over devices (`--suite program`, experiments/program_benchmark.py).
+
+`--preset gpu` is the accelerator run (about 7 minutes on one H200): the encoder's MFU in bf16
+and the whole program's env steps/s at thousands of environments, into benchmarks/gpu/.
 
 Environment throughput: steps per second for each physics backend x embodiment x batch size.
 
@@ -24,6 +29,7 @@ run).
 Reproduce (writes benchmarks/{envs,renderer,timesformer,agent}.{json,md}):
 
     python experiments/benchmark.py                       # every suite
+    python experiments/benchmark.py --preset gpu          # on an accelerator
     python experiments/benchmark.py --suite renderer --embodiments h1
     python experiments/benchmark.py --suite envs --embodiments h1 --backends cpu --batch-sizes 1
     python experiments/benchmark.py --suite timesformer --encoder-configs small
@@ -39,18 +45,21 @@ import platform
 import time
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
-import mujoco
-import numpy as np
-from brax.envs.base import State
-from brax.envs.wrappers import training
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede `import mujoco`
 
-import agent_benchmark  # experiments/, next to this script
-import encoder_benchmark
-from nil_jax import envs
-from nil_jax.io_utils import write_json, write_text
-from nil_jax.reward import silhouettes
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from brax.envs.base import State  # noqa: E402
+from brax.envs.wrappers import training  # noqa: E402
+
+import agent_benchmark  # noqa: E402  (experiments/, next to this script)
+import encoder_benchmark  # noqa: E402
+import program_benchmark  # noqa: E402
+from nil_jax import envs  # noqa: E402
+from nil_jax.io_utils import write_json, write_text  # noqa: E402
+from nil_jax.reward import silhouettes  # noqa: E402
 
 WARMUP_STEPS = 1  # control steps per warm-up call; grown 4x until a call lasts 10% of the target
 MAX_STEPS = 100_000
@@ -283,11 +292,23 @@ def run_renderer(args, machine) -> tuple[dict, str]:
 
 # Each suite returns (JSON record, markdown table), written to benchmarks/<suite>.{json,md}.
 SUITES = dict(envs=run_envs, renderer=run_renderer, timesformer=encoder_benchmark.run_timesformer,
-              agent=agent_benchmark.run_agent)
+              agent=agent_benchmark.run_agent, program=program_benchmark.run_program)
+
+# Settings of a whole benchmark run (flags given on the command line still win).
+PRESETS = {
+    "cpu": {},  # every suite at the defaults below
+    "gpu": dict(
+        suite=["timesformer", "program"], embodiments=["h1"], out_dir=pathlib.Path(
+            "benchmarks/gpu"), render_memory_gib=16.0, rounds=3, no_hf=True,
+        encoder_configs=["base", "small"], clip_batch_sizes=[16, 64], bf16_error_configs=[],
+        agent_backend="mjx", program_size=64, program_dtypes=["bfloat16"],
+        program_cases=["none:1:1024", "none:1:4096", "base:4:1024"], program_baseline=[]),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
     parser.add_argument("--suite", nargs="+", default=list(SUITES), choices=list(SUITES))
     parser.add_argument("--embodiments", nargs="+", default=list(envs.EMBODIMENTS),
                         choices=list(envs.EMBODIMENTS))
@@ -304,9 +325,11 @@ def main() -> None:
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("benchmarks"))
     encoder_benchmark.add_arguments(parser.add_argument_group("timesformer suite"))
     agent_benchmark.add_arguments(parser.add_argument_group("agent suite"))
+    program_benchmark.add_arguments(parser.add_argument_group("program suite"))
+    parser.set_defaults(**PRESETS[parser.parse_known_args()[0].preset])
     args = parser.parse_args()
 
-    machine = machine_info(with_torch="timesformer" in args.suite)
+    machine = machine_info(with_torch="timesformer" in args.suite or "program" in args.suite)
     print(f"machine: {machine}", flush=True)
     for name in dict.fromkeys(args.suite):  # in the order asked for, each once
         record, table = SUITES[name](args, machine)

@@ -44,7 +44,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede `i
 import jax  # noqa: E402
 import tyro  # noqa: E402
 
-from nil_jax import envs, training  # noqa: E402
+from nil_jax import envs, parallel, training  # noqa: E402
 from nil_jax.envs import assets  # noqa: E402
 from nil_jax.agents import bro  # noqa: E402
 from nil_jax.io_utils import write_json  # noqa: E402
@@ -63,6 +63,13 @@ class RunConfig(training.TrainConfig):
     resume: bool = False  # continue the run named --run-name, else the newest of this preset
     progress: bool = True  # the progress bar
     video_size: int = 224  # side of each panel of evaluation.mp4
+    # A multi-host job (TPU pod slice, GPU cluster): jax.distributed.initialize() first, then
+    # the run is split over every host's devices (the same command on every host). The three
+    # below are found by JAX on Cloud TPU, SLURM and Open MPI; elsewhere give them.
+    distributed: bool = False
+    coordinator_address: Optional[str] = None  # host:port of process 0
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
 
 
 # CPU-sized BRO: the official losses and optimizers with narrower networks, fewer quantiles, a
@@ -127,8 +134,8 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
             raise SystemExit(f"--config-file {path} does not exist.")
         stored = json.loads(path.read_text())
         stored = stored.get("config", stored)  # an earlier run's config.json works as is
-        stored = {k: v for k, v in stored.items() if k not in RUN_CONTROL}
-        default = from_dict(RunConfig, deep_merge(dataclasses.asdict(default), stored))
+        default = from_dict(RunConfig, deep_merge(dataclasses.asdict(default),
+                                                  without_run_control(stored)))
     config = tyro.cli(RunConfig, default=default, args=rest,
                       description=__doc__.split("\n")[0])
     if config.embodiment not in envs.EMBODIMENTS:
@@ -138,9 +145,15 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
 
 
 # Fields that say where and how to run, not what to run: never read from a config file.
-RUN_CONTROL = ("resume", "run_name", "runs_dir", "progress")
+RUN_CONTROL = ("resume", "run_name", "runs_dir", "progress", "distributed",
+               "coordinator_address", "num_processes", "process_id")
 # What a resumed run may change (to train longer, or evaluate differently); all else is stored.
 CHANGEABLE_ON_RESUME = ("env_steps", "eval_episodes", "video_size", "checkpoint_every")
+
+
+def without_run_control(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored config's fields without RUN_CONTROL: what to run, not where or how."""
+    return {k: v for k, v in values.items() if k not in RUN_CONTROL}
 
 
 def run_folder(preset: str, config: RunConfig) -> tuple[pathlib.Path, str, RunConfig]:
@@ -166,8 +179,7 @@ def run_folder(preset: str, config: RunConfig) -> tuple[pathlib.Path, str, RunCo
     if not (folder / "config.json").is_file():
         raise SystemExit(f"--resume: {folder} has no config.json; is it a run folder?")
     record = json.loads((folder / "config.json").read_text())
-    stored = from_dict(RunConfig, {k: v for k, v in record["config"].items()
-                                   if k not in RUN_CONTROL})
+    stored = from_dict(RunConfig, without_run_control(record["config"]))
     given = {f.name for f in dataclasses.fields(RunConfig) if f.name not in RUN_CONTROL
              and getattr(config, f.name) != getattr(PRESETS[preset], f.name)
              and getattr(config, f.name) != getattr(stored, f.name)}
@@ -195,12 +207,20 @@ def use_compilation_cache() -> None:
 
 def main(argv: Optional[list[str]] = None) -> dict:
     preset, config = parse_config(sys.argv[1:] if argv is None else argv)
+    if config.distributed and config.run_name is None:
+        raise SystemExit("--distributed needs --run-name: every host must write to the same "
+                         "run folder (a default name holds each host's own clock).")
+    if config.distributed:
+        # Before anything asks JAX for its devices.
+        parallel.initialize(config.coordinator_address, config.num_processes, config.process_id)
+    main_process = parallel.is_main_process()  # the one that writes the run's files
     run_dir, preset, config = run_folder(preset, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Libraries' INFO lines (orbax, absl, jax) would drown the run's own.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
-                        handlers=[logging.StreamHandler(),
-                                  logging.FileHandler(run_dir / "log.txt")], force=True)
+                        handlers=[logging.StreamHandler()] + (
+                            [logging.FileHandler(run_dir / "log.txt")] if main_process else []),
+                        force=True)
     logging.getLogger("nil_jax").setLevel(logging.INFO)
     use_compilation_cache()
     started = time.perf_counter()
@@ -208,30 +228,38 @@ def main(argv: Optional[list[str]] = None) -> dict:
         setup = training.build(config)
     except (ReferenceDataError, FileNotFoundError) as e:
         raise SystemExit(f"Bad reference: {e}") from e
+    except parallel.DeviceSplitError as e:
+        raise SystemExit(str(e)) from e
     except TimesformerWeightsError as e:
         raise SystemExit(f"{e}\n(--encoder auto trains without the video stream when no weights "
                          "are found; --encoder pretrained, as in the paper preset, needs them.)"
                          ) from e
-    write_json(run_dir / "config.json", {
-        "preset": preset, "config": dataclasses.asdict(config),
-        "resolved": {"backend": setup.env.backend, "jax_platform": jax.default_backend(),
-                     "devices": len(jax.devices()), "reward": dataclasses.asdict(setup.reward),
-                     "episode_length": setup.learner.config.episode_length,
-                     "reference": setup.reference_path, "notes": list(setup.notes)}})
+    if main_process:
+        write_json(run_dir / "config.json", {
+            "preset": preset, "config": dataclasses.asdict(config),
+            "resolved": {"backend": setup.env.backend, "jax_platform": jax.default_backend(),
+                         "devices": len(jax.devices()), "processes": jax.process_count(),
+                         "reward": dataclasses.asdict(setup.reward),
+                         "episode_length": setup.learner.config.episode_length,
+                         "reference": setup.reference_path, "notes": list(setup.notes)}})
     print(f"[nil_jax] {config.embodiment}/{config.skill}, preset {preset}, "
-          f"{setup.env.backend} physics on {jax.default_backend()} -> {run_dir}")
+          f"{setup.env.backend} physics on {len(jax.devices())} {jax.default_backend()} "
+          f"device(s) -> {run_dir}")
     for note in setup.notes:
         print(f"[nil_jax] !! {note}")
 
     state, finished = training.train(setup, run_dir, config.env_steps, resume=config.resume,
                                      progress=config.progress)
-    reports.plot_progress(run_dir / "progress.csv", run_dir / "reward_curves.png")
+    if main_process:
+        reports.plot_progress(run_dir / "progress.csv", run_dir / "reward_curves.png")
     if not finished:
         print(f"[nil_jax] stopped; checkpoint written. Continue with: python experiments/run.py "
               f"--runs-dir {config.runs_dir} --run-name {run_dir.name} --resume")
         return {}
     metrics, records = training.evaluate(setup, state.agent, jax.random.PRNGKey(config.seed + 1),
                                          config.eval_episodes)
+    if not main_process:  # every host ran its share; process 0 writes the results
+        return {}
     metrics = {"protocol": training.PROTOCOL, "episodes": config.eval_episodes,
                "episode_length": setup.bundle.num_frames - 1, **metrics,
                "training": {"env_steps": setup.learner.env_steps(state),

@@ -16,7 +16,6 @@ import csv
 import io
 import pathlib
 
-import cv2
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from nil_jax.io_utils import write_bytes  # noqa: E402
 from nil_jax.reward import regularizers  # noqa: E402
-from nil_jax.video import render_trajectory, write_video  # noqa: E402
+from nil_jax.video import render_trajectory, resize_frames, write_video  # noqa: E402
 
 # The curves of reward_curves.png: (title, CSV columns), columns absent from a run are skipped.
 PANELS = (
@@ -92,11 +91,6 @@ def _grey_to_rgb(frames: np.ndarray) -> np.ndarray:
     return frames if frames.ndim == 4 else np.repeat(frames[..., None], 3, -1)
 
 
-def _resize(frames: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-    return np.stack([cv2.resize(f, (size, size), interpolation=interpolation) for f in frames])
-
-
 def mask_overlay(reference: np.ndarray, simulation: np.ndarray) -> np.ndarray:
     """(T, H, W) bool x 2 -> (T, H, W, 3) uint8: reference green, simulation red, both yellow."""
     out = np.zeros(reference.shape + (3,), np.uint8)
@@ -112,13 +106,13 @@ def evaluation_video(setup, records: dict[str, np.ndarray], path: pathlib.Path,
     length = records["qpos"].shape[0]
     stride = max(1, int(round(1.0 / (fps * embodiment.control_dt))))
     steps = np.arange(0, length, stride)
-    reference = _resize(_grey_to_rgb(bundle.frames[steps + 1]), size)
+    reference = resize_frames(_grey_to_rgb(bundle.frames[steps + 1]), size)
     simulation = render_trajectory(embodiment.mj_model, records["qpos"][steps, episode],
                                    embodiment.camera_id, size, size)
     sim_masks = records["mask"][steps, episode].astype(np.uint8)
     ref_masks = np.asarray(setup.env.reference.masks)[steps + 1].astype(np.uint8)
-    overlay = mask_overlay(_resize(ref_masks, size, nearest=True) > 0,
-                           _resize(sim_masks, size, nearest=True) > 0)
+    overlay = mask_overlay(resize_frames(ref_masks, size, nearest=True) > 0,
+                           resize_frames(sim_masks, size, nearest=True) > 0)
     return write_video(path, np.concatenate([reference, simulation, overlay], axis=2),
                        fps=1.0 / (stride * embodiment.control_dt))
 

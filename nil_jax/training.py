@@ -34,17 +34,16 @@ import shutil
 import signal
 import threading
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorboardX
 import tqdm
 
-from nil_jax import envs
-from nil_jax.envs import assets
+from nil_jax import envs, parallel, video
+from nil_jax.envs import assets, evaluation
 from nil_jax.agents import bro, checkpoint
 from nil_jax.envs.embodiments import Embodiment
 from nil_jax.io_utils import write_text
@@ -97,6 +96,8 @@ class Setup:
     reward: nil_reward.RewardConfig  # as used (the video stream off when there is no encoder)
     reference_path: str
     notes: tuple[str, ...]  # what the run decided on its own (said loudly, kept in config.json)
+    mesh: jax.sharding.Mesh  # the devices the run is split over (nil_jax.parallel)
+    shardings: bro.LearnerState  # where each leaf of the learner's state lives
 
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif")
@@ -168,11 +169,13 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     that size would draw."""
     if masks.shape[1:] == (size, size):
         return masks
-    return np.stack([cv2.resize(m.astype(np.float32), (size, size),
-                                interpolation=cv2.INTER_AREA) > 0.5 for m in masks])
+    return video.resize_frames(masks.astype(np.float32), size) > 0.5
 
 
-def build(config: TrainConfig) -> Setup:
+def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -> Setup:
+    """Everything a run needs, split over `devices` (default: every device JAX sees)."""
+    mesh = parallel.data_mesh(devices)
+    parallel.check_divisible(config.agent, mesh)
     embodiment = envs.embodiments.load(config.embodiment)
     bundle, reference_path = load_reference(config, embodiment)
     if bundle.num_frames < nil_reward.CLIP_FRAMES + 1:
@@ -193,23 +196,33 @@ def build(config: TrainConfig) -> Setup:
                       actuation=config.actuation, pd_action_scale=config.pd_action_scale)
     env = NilEnv(robot, reference, sil, reward, encoder, observe_phase=config.observe_phase)
     agent = dataclasses.replace(config.agent, episode_length=bundle.num_frames - 1)
-    learner = bro.Bro(env, agent, batched=True)
+    learner = bro.Bro(env, agent, batched=True, batch_sharding=parallel.batch_sharding(mesh))
     return Setup(config, embodiment, bundle, env, learner, reward, str(reference_path),
-                 tuple(notes))
+                 tuple(notes), mesh, parallel.state_shardings(learner, mesh))
 
 
-def chunk_function(learner: bro.Bro, iterations: int):
-    """`state -> (state, metrics averaged over the chunk)`, jitted, the state donated."""
+def chunk_function(setup: Setup, iterations: int):
+    """`state -> (state, metrics averaged over the chunk)`, jitted, the state donated and kept
+    in its shards (`setup.shardings`), the metrics replicated."""
+    learner = setup.learner
+
     def chunk(state):
+        # The learner's diagnostics (losses, entropy, temperature...) are zeros while it
+        # warms up (no updates): they are averaged over the iterations that updated.
+        update_names = jax.eval_shape(learner.updates, state.agent, state.replay, state.key)[1]
         state, metrics = learner.train(state, iterations)
         finished = metrics["episodes_finished"]
         means = jax.tree.map(jnp.mean, metrics)
+        learning = 1.0 - metrics["warming_up"]
+        for name in update_names:
+            means[name] = jnp.sum(metrics[name] * learning) / jnp.maximum(jnp.sum(learning), 1.0)
         # Episode statistics are per finished episode, not per iteration.
         for name in ("episode_return", "episode_length"):
             means[name] = jnp.sum(metrics[name] * finished) / jnp.maximum(jnp.sum(finished), 1.0)
         means["episodes_finished"] = jnp.sum(finished)
         return state, means
-    return jax.jit(chunk, donate_argnums=0)
+    return jax.jit(chunk, donate_argnums=0, in_shardings=(setup.shardings,),
+                   out_shardings=(setup.shardings, parallel.replicated(setup.mesh)))
 
 
 CHECKPOINT_NAME = re.compile(r"step_(\d+)")
@@ -228,8 +241,8 @@ def init_or_resume(setup: Setup, run_dir: pathlib.Path, resume: bool) -> bro.Lea
     found = checkpoints(run_dir) if resume else []
     if found:
         logger.info("Resuming from %s", found[-1])
-        return checkpoint.restore(found[-1], setup.learner)
-    return jax.jit(setup.learner.init)(jax.random.PRNGKey(setup.config.seed))
+        return checkpoint.restore(found[-1], setup.learner, shardings=setup.shardings)
+    return parallel.init(setup.learner, jax.random.PRNGKey(setup.config.seed), setup.shardings)
 
 
 def save_checkpoint(run_dir: pathlib.Path, state: bro.LearnerState, keep: int = 3
@@ -238,7 +251,9 @@ def save_checkpoint(run_dir: pathlib.Path, state: bro.LearnerState, keep: int = 
     step = int(np.asarray(state.step))
     path = run_dir / "checkpoints" / f"step_{step}"
     if not path.exists():
-        checkpoint.save(path, state)
+        checkpoint.save(path, state)  # every process writes its shards
+    if not parallel.is_main_process():
+        return path
     for old in checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
     for unfinished in (run_dir / "checkpoints").glob("step_*.orbax-checkpoint-tmp*"):
@@ -310,10 +325,11 @@ def train(setup: Setup, run_dir: pathlib.Path, env_steps: int, *, resume: bool =
     total_chunks = max(1, math.ceil(env_steps / per_chunk))
     state = init_or_resume(setup, run_dir, resume)
     done_chunks = int(np.asarray(state.step)) // config.chunk_iterations
-    log = MetricsLog(run_dir, int(np.asarray(state.step)))
-    chunk = chunk_function(learner, config.chunk_iterations)
+    main = parallel.is_main_process()  # one process writes the logs
+    log = MetricsLog(run_dir, int(np.asarray(state.step))) if main else None
+    chunk = chunk_function(setup, config.chunk_iterations)
     bar = tqdm.tqdm(total=total_chunks * per_chunk, initial=done_chunks * per_chunk,
-                    unit="env step", disable=not progress, dynamic_ncols=True)
+                    unit="env step", disable=not (progress and main), dynamic_ncols=True)
     started = time.perf_counter()
     finished = True
     try:
@@ -322,8 +338,10 @@ def train(setup: Setup, run_dir: pathlib.Path, env_steps: int, *, resume: bool =
                 state, metrics = chunk(state)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 iteration = int(np.asarray(state.step))
-                log.append({"iteration": iteration, "env_steps": iteration * learner.config.num_envs,
-                            "wall_s": time.perf_counter() - started, **metrics})
+                if log is not None:
+                    log.append({"iteration": iteration,
+                                "env_steps": iteration * learner.config.num_envs,
+                                "wall_s": time.perf_counter() - started, **metrics})
                 bar.update(per_chunk)
                 bar.set_postfix(reward=f"{metrics['env_reward']:.3f}",
                                 iou=f"{metrics.get('env/reward/iou', float('nan')):.3f}")
@@ -335,7 +353,8 @@ def train(setup: Setup, run_dir: pathlib.Path, env_steps: int, *, resume: bool =
             save_checkpoint(run_dir, state)  # a first Ctrl-C now does not cut it short
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
     return state, finished
 
 
@@ -358,12 +377,14 @@ def evaluation_function(setup: Setup, num_episodes: int):
     are simulated but not scored: `summarize` holds the fallen state)."""
     env, learner, length = setup.env, setup.learner, setup.bundle.num_frames - 1
 
+    baselines = [jax.vmap(policy(env.action_size))
+                 for policy in (evaluation.zero_policy, evaluation.random_policy)]
+
     def act(agent, kind, obs, key):
-        return jax.lax.switch(kind, [
-            lambda: learner.act(agent, obs),
-            lambda: jnp.zeros((num_episodes, env.action_size), obs.dtype),
-            lambda: jax.random.uniform(key, (num_episodes, env.action_size), obs.dtype,
-                                       -1.0, 1.0)])
+        keys = jax.random.split(key, num_episodes)
+        return jax.lax.switch(kind, [lambda: learner.act(agent, obs)]
+                              + [lambda policy=policy: policy(obs, keys).astype(obs.dtype)
+                                 for policy in baselines])
 
     def run(agent, kind, key):
         key_reset, key_act = jax.random.split(key)
@@ -381,7 +402,8 @@ def evaluation_function(setup: Setup, num_episodes: int):
         _, records = jax.lax.scan(step, state, jax.random.split(key_act, length))
         return records
 
-    return jax.jit(run)
+    # Replicated records: every process of a multi-host run can read them.
+    return jax.jit(run, out_shardings=parallel.replicated(setup.mesh))
 
 
 def hinge_qpos(embodiment: Embodiment) -> np.ndarray:

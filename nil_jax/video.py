@@ -2,6 +2,7 @@
 
     qpos trajectory (T, nq) --mj_kinematics + mujoco.Renderer (tracking camera)--> (T, H, W, 3)
     frames --imageio (ffmpeg)--> tmp file --os.replace--> path.mp4
+    frames (T, H, W[, C]) --resize_frames--> (T, size, size[, C])
 
 Headless machines need an OpenGL backend: MUJOCO_GL=egl (set before mujoco is imported).
 """
@@ -12,6 +13,7 @@ import os
 import pathlib
 import tempfile
 
+import cv2
 import imageio.v2 as imageio
 import mujoco
 import numpy as np
@@ -38,6 +40,12 @@ def render_trajectory(model: mujoco.MjModel, qpos: np.ndarray, camera: int | str
             renderer.update_scene(data, camera=camera)
             frames[t] = renderer.render()
     return frames
+
+
+def resize_frames(frames: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """(T, H, W[, C]) -> (T, size, size[, C]): pixel-area averages, or the nearest pixel."""
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return np.stack([cv2.resize(f, (size, size), interpolation=interpolation) for f in frames])
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> pathlib.Path:

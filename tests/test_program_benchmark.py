@@ -1,0 +1,54 @@
+"""The program suite of experiments/benchmark.py on a tiny configuration: every stage, the
+sequential baseline and the table come out (rates are not asserted: speed is the benchmark's
+business, not the tests')."""
+
+import argparse
+import importlib
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        yield importlib.import_module("benchmark")
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
+def tiny_args(bench, *argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.program_benchmark.add_arguments(parser)
+    bench.agent_benchmark.add_arguments(parser)
+    parser.add_argument("--target-seconds", type=float, default=0.05)
+    return parser.parse_args(["--program-size", "32", "--program-cases", "tiny:2:2",
+                              "--program-baseline", "tiny", "--agent-rounds", "1", *argv])
+
+
+def test_program_suite_measures_every_stage_and_the_baseline(bench):
+    record, table = bench.program_benchmark.run_program(
+        tiny_args(bench), bench.machine_info())
+    [result] = record["results"]
+    for name in ("physics_env_steps_per_s", "render_frames_per_s", "encoder_clips_per_s",
+                 "env_steps_per_s", "learner_updates_per_s", "training_env_steps_per_s",
+                 "baseline_env_steps_per_s"):
+        assert np.isfinite(result[name]) and result[name] > 0, name
+    assert 0 < result["encoder_share"]
+    assert (result["encoder"], result["stride"], result["num_envs"]) == ("tiny", 2, 2)
+    assert "| tiny | 2 | 2 |" in table and "x |" in table
+    assert record["scaling"] == []
+
+
+def test_cases_are_read_and_checked(bench):
+    parse = bench.program_benchmark.parse_case
+    assert parse("base:8:4") == ("base", 8, 4)
+    with pytest.raises(ValueError, match="encoder:k:N"):
+        parse("tiny:64")
+    with pytest.raises(ValueError, match="one of none"):
+        parse("huge:1:4")
