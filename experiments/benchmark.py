@@ -4,7 +4,7 @@ BRO updates/s and training env steps/s (`--suite agent`, experiments/agent_bench
 the whole NIL program stage by stage against a per-step sequential baseline, with its scaling
 over devices (`--suite program`, experiments/program_benchmark.py).
 
-`--preset gpu` is the accelerator run (about 7 minutes on one H200): the encoder's MFU in bf16
+`--preset gpu` is the accelerator run (sized for under 8 minutes on one H200; not yet run): the encoder's MFU in bf16
 and the whole program's env steps/s at thousands of environments, into benchmarks/gpu/.
 
 Environment throughput: steps per second for each physics backend x embodiment x batch size.

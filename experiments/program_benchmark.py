@@ -291,8 +291,12 @@ def measure_scaling(args, reference: pathlib.Path) -> list[dict]:
 def markdown_table(record: dict) -> str:
     machine = record["machine"]
 
-    def fmt(value, pattern="{:,.0f}"):
-        return "-" if value is None else pattern.format(value)
+    def fmt(value, pattern=None):
+        if value is None:
+            return "-"
+        if pattern is None:  # three significant digits, thousands separated
+            pattern = "{:,.0f}" if abs(value) >= 100 else "{:.3g}"
+        return pattern.format(value)
 
     lines = [
         f"Machine: devices {machine['devices']}, {machine['cpu_count']} CPUs "
@@ -315,10 +319,10 @@ def markdown_table(record: dict) -> str:
         lines.append(
             f"| {r['encoder']} | {r['stride']} | {r['num_envs']} "
             f"| {fmt(r['physics_env_steps_per_s'])} | {fmt(r['render_frames_per_s'])} "
-            f"| {fmt(r.get('encoder_clips_per_s'), '{:,.1f}')} | {fmt(r['env_steps_per_s'])} "
-            f"| {fmt(r['learner_updates_per_s'], '{:,.1f}')} "
+            f"| {fmt(r.get('encoder_clips_per_s'))} | {fmt(r['env_steps_per_s'])} "
+            f"| {fmt(r['learner_updates_per_s'])} "
             f"| {fmt(r['training_env_steps_per_s'])} "
-            f"| {fmt(r.get('encoder_share'), '{:.0%}')} | {fmt(base, '{:,.2f}')} "
+            f"| {fmt(r.get('encoder_share'), '{:.0%}')} | {fmt(base)} "
             f"| {fmt(base and r['env_steps_per_s'] / base, '{:,.1f}x')} "
             f"| {fmt(base and r['training_env_steps_per_s'] / base, '{:,.1f}x')} |")
     if record["scaling"]:
