@@ -24,8 +24,8 @@ loop; each control step runs C MuJoCo (n_substeps x mj_step under the same PD la
 mask (mujoco.Renderer segmentation) and the shaded frame (mujoco.Renderer; no shadows, floor
 reflection or skybox, as the references are drawn) at the same size,
 keeps the last 8 frames, runs Hugging Face's PyTorch TimesformerModel of the same config on them
-every k-th step (resized to 224 as the checkpoint's processor does), and computes the IoU in
-NumPy. It has no learner: the ratios divide the program's env and training env steps/s by the
+every k-th step (resized to the config's image size, as the checkpoint's processor does), and
+computes the IoU in NumPy. It has no learner: the ratios divide the program's env and training env steps/s by the
 baseline's env steps/s at the same encoder config and stride.
 
 Scaling (`--program-devices`): training env steps/s on d = 1, 2, 4, ... of the devices JAX sees
@@ -386,11 +386,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program-embodiment", default="h1", choices=list(envs.EMBODIMENTS))
     parser.add_argument("--program-size", type=int, default=64, help="mask side (pixels)")
     parser.add_argument("--program-cases", nargs="*",
-                        default=["none:1:16", "none:1:64", "tiny:1:16", "tiny:1:64", "base:8:4"],
+                        default=["none:1:16", "none:1:64", "tiny-64px:1:64", "tiny:1:64",
+                                 "base:8:4"],
                         help="encoder:k:N (TimeSformer config or none, stride, environments)")
     parser.add_argument("--program-dtypes", nargs="+", default=["float32"],
                         choices=["float32", "bfloat16"])
-    parser.add_argument("--program-baseline", nargs="*", default=["none", "tiny", "base"],
+    parser.add_argument("--program-baseline", nargs="*",
+                        default=["none", "tiny-64px", "tiny", "base"],
                         help="encoder configs to also time the sequential baseline at")
     parser.add_argument("--program-devices", nargs="*", type=int, default=[],
                         help="device counts of the scaling table (none: skipped)")

@@ -97,9 +97,8 @@ def push_frame(clips: jax.Array, frame: jax.Array, first: jax.Array) -> jax.Arra
 
 def embed_clips(encoder: VideoEncoder, clips: jax.Array) -> jax.Array:
     """TimeSformer embeddings (B, D) of grey uint8 clips (B, 8, H, W): the grey in three equal
-    channels, through the checkpoint's preprocessing."""
-    rgb = jnp.broadcast_to(clips[..., None], clips.shape + (3,))
-    pixels = video_preprocess.preprocess(rgb, encoder.preprocessing)
+    channels, through the checkpoint's preprocessing (which resizes the one grey channel)."""
+    pixels = video_preprocess.preprocess(clips[..., None], encoder.preprocessing)
     return timesformer.embed(encoder.model, encoder.params, pixels)
 
 

@@ -18,11 +18,13 @@ already have the crop size (224 x 224) pass through the resize unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 
@@ -65,28 +67,67 @@ def resized_shape(height: int, width: int, shortest_edge: int) -> tuple[int, int
 
 def preprocess(frames: jax.Array, settings: VideoPreprocessing = VideoPreprocessing()
                ) -> jax.Array:
-    """(..., T, H, W, 3) uint8 [0, 255] or float [0, 1] -> normalized float32 (..., T, h, w, 3).
+    """(..., T, H, W, C) uint8 [0, 255] or float [0, 1] -> normalized float32 (..., T, h, w, 3).
 
-    Jittable; the output size is static (the crop size)."""
+    C is 3 (RGB) or 1 (grey: resized once, then normalized into three equal channels, which is
+    what resizing three equal channels gives). Jittable; the output size is static (the crop
+    size)."""
+    if frames.shape[-1] not in (1, 3):
+        raise ValueError(f"frames {frames.shape}: the last axis must hold 3 (RGB) or 1 (grey) "
+                         "channels")
     is_uint8 = frames.dtype == jnp.uint8
     height, width = frames.shape[-3:-1]
     new_height, new_width = resized_shape(height, width, settings.shortest_edge)
-    scale = 1.0 if is_uint8 else 255.0  # resize on the 0..255 scale, as PIL does
-    pixels = frames.astype(jnp.float32) * scale
-    # PIL resizes 8-bit images in two passes, width then height, each storing 8-bit results.
-    for axis, size in ((-2, new_width), (-3, new_height)):
-        if pixels.shape[axis] != size:
-            shape = list(pixels.shape)
-            shape[axis] = size
-            pixels = jax.image.resize(pixels, shape, method="linear", antialias=True)
-            if is_uint8:
-                pixels = jnp.clip(jnp.floor(pixels + 0.5), 0.0, 255.0)  # PIL rounds half up
     crop_height, crop_width = settings.crop_size
     if new_height < crop_height or new_width < crop_width:
         raise ValueError(f"frames resized to {new_height}x{new_width} are smaller than the crop "
                          f"{crop_height}x{crop_width}")
     top, left = (new_height - crop_height) // 2, (new_width - crop_width) // 2
-    pixels = pixels[..., top:top + crop_height, left:left + crop_width, :]
+    scale = 1.0 if is_uint8 else 255.0  # resize on the 0..255 scale, as PIL does
+    pixels = frames.astype(jnp.float32) * scale
+    # PIL resizes 8-bit images in two passes, width then height, each storing 8-bit results.
+    # Only the pixels the center crop keeps are computed.
+    for axis, size, start, crop in ((frames.ndim - 2, new_width, left, crop_width),
+                                    (frames.ndim - 3, new_height, top, crop_height)):
+        if pixels.shape[axis] == size:
+            pixels = lax.slice_in_dim(pixels, start, start + crop, axis=axis)
+            continue
+        pixels = _resize_axis(pixels, axis, *resize_taps(pixels.shape[axis], size, start,
+                                                         start + crop))
+        if is_uint8:
+            pixels = jnp.clip(jnp.floor(pixels + 0.5), 0.0, 255.0)  # PIL rounds half up
     mean = jnp.asarray(settings.image_mean, jnp.float32)
     std = jnp.asarray(settings.image_std, jnp.float32)
     return (pixels / 255.0 - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def resize_taps(in_size: int, out_size: int, start: int, stop: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs start..stop-1 of `jax.image.resize(method="linear", antialias=True)` along one
+    axis of length in_size -> out_size, as taps: indices and weights, each (stop - start, K),
+    output j = sum_k weights[j, k] * input[indices[j, k]].
+
+    The resize matrix is banded (K = 2 taps when enlarging, about 2 x the shrink factor when
+    shrinking), so gathering K taps costs out_size x K instead of the dense out_size x in_size
+    product. The weights are jax.image.resize's own: its matrix, read off by resizing the
+    identity."""
+    with jax.ensure_compile_time_eval():
+        matrix = np.asarray(jax.image.resize(jnp.eye(in_size, dtype=jnp.float32),
+                                             (in_size, out_size), "linear", antialias=True))
+    matrix = matrix[:, start:stop]  # [input i, output j]
+    num_taps = max(1, int((matrix != 0).sum(axis=0).max()))
+    indices = np.zeros((stop - start, num_taps), np.int32)
+    weights = np.zeros((stop - start, num_taps), np.float32)
+    for j in range(stop - start):
+        rows = np.flatnonzero(matrix[:, j])
+        indices[j, :len(rows)], weights[j, :len(rows)] = rows, matrix[rows, j]
+    return indices, weights
+
+
+def _resize_axis(pixels: jax.Array, axis: int, indices: np.ndarray, weights: np.ndarray
+                 ) -> jax.Array:
+    """`pixels` with `axis` resampled by the taps of `resize_taps`."""
+    taps = jnp.take(pixels, jnp.asarray(indices), axis=axis)  # axis -> (output, tap)
+    weights = weights.reshape(weights.shape + (1,) * (pixels.ndim - 1 - axis))
+    return jnp.sum(taps * weights, axis=axis + 1)

@@ -312,3 +312,32 @@ def test_preprocess_matches_hf_processor(height, width):
     assert np.abs(ours_float - reference).max() <= GREY_LEVEL * 1.01
     # Leading batch axes pass through.
     np.testing.assert_allclose(preprocess(video[None, None])[0, 0], ours, atol=1e-6)
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (480, 360), (100, 150)])
+def test_preprocess_resize_taps_match_dense_resize(height, width):
+    """The banded resize (taps gathered, only the cropped pixels computed) is jax.image.resize
+    followed by the center crop, and grey frames give what three equal channels give."""
+    settings = video_preprocess.VideoPreprocessing()
+    video = np.random.default_rng(width).random((2, 3, height, width, 1), np.float32)
+    new_height, new_width = video_preprocess.resized_shape(height, width, 224)
+    dense = jax.image.resize(jnp.asarray(video) * 255, (2, 3, height, new_width, 1), "linear",
+                             antialias=True)
+    dense = jax.image.resize(dense, (2, 3, new_height, new_width, 1), "linear", antialias=True)
+    top, left = (new_height - 224) // 2, (new_width - 224) // 2
+    dense = (dense[:, :, top:top + 224, left:left + 224] / 255 - 0.45) / 0.225
+    grey = np.asarray(jax.jit(video_preprocess.preprocess)(video))
+    assert grey.shape == (2, 3, 224, 224, 3)
+    # Float32 sums in another order: far below a grey level (1 / (255 x 0.225) = 0.017).
+    np.testing.assert_allclose(grey, np.broadcast_to(dense, grey.shape), atol=1e-4)
+    rgb = np.asarray(video_preprocess.preprocess(np.repeat(video, 3, axis=-1), settings))
+    np.testing.assert_allclose(grey, rgb, atol=1e-5)
+    # Enlarging takes two taps per pixel.
+    indices, weights = video_preprocess.resize_taps(64, 224, 0, 224)
+    assert indices.shape == weights.shape == (224, 2)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_preprocess_rejects_other_channel_counts():
+    with pytest.raises(ValueError, match="3 \\(RGB\\) or 1 \\(grey\\)"):
+        video_preprocess.preprocess(np.zeros((8, 64, 64, 2), np.uint8))

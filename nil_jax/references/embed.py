@@ -32,10 +32,20 @@ logger = logging.getLogger(__name__)
 
 ENCODERS = ("auto", "pretrained", "random", "none")
 RANDOM_ID = "random"
-# Architectures of the "random" encoder: the named TimeSformers, and a tiny one for tests and smoke
-# runs (same token grid: 224 px, 16 px patches, 8 frames).
-RANDOM_CONFIGS = {**timesformer.CONFIGS, "tiny": timesformer.TimesformerConfig(
-    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)}
+# Architectures of the "random" encoder: the named TimeSformers; "tiny" for tests and smoke runs
+# (the checkpoints' token grid: 224 px, 16 px patches, 8 frames, so the 224 px preprocessing
+# runs as in real runs); "tiny-64px", the same on 64 px frames (4 x 4 patches, no resizing of
+# 64 px renders), the small configuration of the program benchmark, where rendering and
+# per-step overhead, not the encoder, bound a per-step pipeline.
+_TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+RANDOM_CONFIGS = {**timesformer.CONFIGS, "tiny": timesformer.TimesformerConfig(**_TINY),
+                  "tiny-64px": timesformer.TimesformerConfig(image_size=64, **_TINY)}
+
+
+def preprocessing_for(config: timesformer.TimesformerConfig) -> video_preprocess.VideoPreprocessing:
+    """The checkpoints' processor, at the architecture's image size (random encoders)."""
+    size = config.image_size
+    return video_preprocess.VideoPreprocessing(shortest_edge=size, crop_size=(size, size))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +74,7 @@ def load(name: str, checkpoint: Optional[str] = None, random_config: str = "base
         info = {"id": RANDOM_ID, "seed": seed, "architecture": random_config,
                 "config": dataclasses.asdict(config),
                 "note": "RANDOM TimeSformer weights: embeddings are meaningless (tests only)"}
-        return Encoder(RANDOM_ID, config, params, video_preprocess.VideoPreprocessing(),
-                       info), info
+        return Encoder(RANDOM_ID, config, params, preprocessing_for(config), info), info
     try:
         folder = timesformer_weights.resolve_checkpoint(checkpoint)
         config, params = timesformer_weights.load_pretrained(folder)
