@@ -3,6 +3,8 @@
     make("h1", task="walk", backend=None)  ->  RobotEnv (brax Env)
         embodiments.load("h1")  robot model from the loco-mujoco cache, MJX-friendly
         tasks.TASKS["walk"]     reward and termination
+    make("h1", task="sit")  the same robot in the skill's scene (scenes.SKILLS: sit, hang,
+                            balance), with its success predicate and task reward (skill_tasks)
         backends.make_backend   "cpu" (C MuJoCo, CPU default) or "mjx" (GPU/TPU default)
 """
 
@@ -13,6 +15,7 @@ from typing import Optional
 from nil_jax.envs.backends import BACKENDS, default_backend
 from nil_jax.envs.embodiments import EMBODIMENTS, load
 from nil_jax.envs.robot_env import RobotEnv
+from nil_jax.envs.scenes import SKILLS
 from nil_jax.envs.tasks import TASKS
 
 
@@ -21,7 +24,9 @@ def make(embodiment: str = "h1", task: str = "walk", backend: Optional[str] = No
     """Builds an environment; `backend=None` picks the default for JAX's platform."""
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
-    return RobotEnv(load(embodiment, mjcf_path), TASKS[task](), backend=backend, **env_kwargs)
+    skill = task if task in SKILLS else None  # skills come with their scene
+    return RobotEnv(load(embodiment, mjcf_path, skill), TASKS[task](), backend=backend,
+                    **env_kwargs)
 
 
-__all__ = ["BACKENDS", "EMBODIMENTS", "TASKS", "RobotEnv", "default_backend", "load", "make"]
+__all__ = ["BACKENDS", "EMBODIMENTS", "SKILLS", "TASKS", "RobotEnv", "default_backend", "load", "make"]

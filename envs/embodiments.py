@@ -26,7 +26,7 @@ from typing import Optional
 import mujoco
 import numpy as np
 
-from nil_jax.envs import assets
+from nil_jax.envs import assets, scenes
 
 CAMERA_NAME = "nil_track"
 CAMERA_FOVY = 45.0
@@ -151,6 +151,9 @@ class Embodiment:
     foot_geom_ids: np.ndarray  # contact geoms of the feet (primitives)
     foot_body_ids: np.ndarray  # one body per foot
     camera_id: int
+    robot_nq: int  # the robot's qpos/qvel come first; a skill scene's free joints follow
+    robot_nv: int
+    scene: Optional[scenes.Scene] = None  # the skill scene (sit, hang, balance), if any
 
     @property
     def name(self) -> str:
@@ -324,18 +327,21 @@ def _add_tracking_camera(mj_spec: mujoco.MjSpec, model: mujoco.MjModel, root: in
 
 
 @functools.lru_cache(maxsize=None)
-def load(name: str, mjcf_path: Optional[str] = None) -> Embodiment:
-    """Loads a registered embodiment (optionally from the user's own MJCF file)."""
+def load(name: str, mjcf_path: Optional[str] = None, skill: Optional[str] = None) -> Embodiment:
+    """Loads a registered embodiment (optionally from the user's own MJCF file), in the scene
+    of `skill` (`scenes.SKILLS`; None or "walk": the plain floor)."""
     if name not in EMBODIMENTS:
         raise ValueError(f"Unknown embodiment {name!r}; choose one of {sorted(EMBODIMENTS)}.")
     spec = EMBODIMENTS[name]
     if mjcf_path is not None:
         spec = dataclasses.replace(spec, mjcf_path=os.fspath(mjcf_path))
-    return build(spec)
+    skill = scenes.optional_skill(skill)
+    return build(spec, None if skill is None else scenes.builder(name, skill))
 
 
-def build(spec: EmbodimentSpec) -> Embodiment:
-    """Builds the MJX-friendly model of any EmbodimentSpec (registered or the user's)."""
+def build(spec: EmbodimentSpec, scene: Optional[scenes.SceneBuilder] = None) -> Embodiment:
+    """Builds the MJX-friendly model of any EmbodimentSpec (registered or the user's), with a
+    skill scene when `scene` is given (its start pose becomes the home pose)."""
     mj_spec = _build_spec(spec)
     model = mj_spec.compile()
     root = _root_body(model)
@@ -364,14 +370,27 @@ def build(spec: EmbodimentSpec) -> Embodiment:
     qpos[model.jnt_qposadr[vertical[0]]] -= lowest
 
     _add_tracking_camera(mj_spec, model, root, qpos)
+    robot_nq, robot_nv = model.nq, model.nv
+    scene_qpos = np.zeros(0)
+    if scene is not None:
+        floor = next(g for g in range(model.ngeom) if model.geom_bodyid[g] == 0
+                     and model.geom_type[g] == mujoco.mjtGeom.mjGEOM_PLANE)
+        qpos, scene_qpos = scene.add(mj_spec, model, qpos, root,
+                                     int(model.jnt_qposadr[vertical[0]]),
+                                     int(model.jnt_qposadr[horizontal[0]]), foot_geoms,
+                                     mj_spec.geom(model.geom(floor).name))
     # qpos0 stays as authored (MuJoCo measures hinge and slide displacements from it); the home
     # pose is keyframe 0, for renderers and viewers.
+    qpos = np.concatenate([qpos, scene_qpos])
     mj_spec.add_key(name=HOME_KEY, qpos=qpos)
     model = mj_spec.compile()
     # MuJoCo's near clipping plane is znear x the model's extent; H1's and A1's extent is 100 m
     # (their 500 m floor), which would clip everything within 1 m of the camera.
     model.vis.map.znear = NEAR_CLIP / model.stat.extent
 
+    # Geom ids after the scene's geoms were added (thigh proxies shift the robot's own).
+    foot_geoms = np.array([g for g in range(model.ngeom) if model.geom_conaffinity[g] & 1
+                           and not scenes.is_scene_body(model, model.geom_bodyid[g])])
     fall = [(model.joint(j).qposadr[0], lo, hi) for j, lo, hi in spec.fall_limits]
     return Embodiment(
         spec=spec,
@@ -390,4 +409,7 @@ def build(spec: EmbodimentSpec) -> Embodiment:
         foot_geom_ids=foot_geoms,
         foot_body_ids=np.unique(model.geom_bodyid[foot_geoms]),
         camera_id=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME),
+        robot_nq=robot_nq,
+        robot_nv=robot_nv,
+        scene=None if scene is None else scene.finish(model),
     )

@@ -6,6 +6,9 @@
     return          = sum of the task reward over the steps taken      (paper: Expert 400 / A1 300)
     reward_per_step = return / steps taken                             (independent of falls)
     fall_rate       = fraction of episodes that ended before episode_length
+Skill tasks (envs/skill_tasks.py) also give, from their per-step "success" predicate:
+    success_rate    = fraction of episodes where it held for HOLD_STEPS consecutive steps
+    normalized_task_reward = return / episode_length (the task reward is in [0, 1] per step)
 
 `evaluate` is one jitted `lax.scan` over time with a vmapped batch of episodes.
 """
@@ -18,6 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from brax.envs.base import Env
+
+from nil_jax.envs.skill_tasks import HOLD_STEPS
 
 Policy = Callable[[jax.Array, jax.Array], jax.Array]  # (obs, key) -> action
 
@@ -39,19 +44,28 @@ def evaluate(env: Env, policy: Policy, key: jax.Array, num_episodes: int = 5,
 
     def episode(key_reset, key_act):
         def step(carry, key):
-            state, alive, total, steps = carry
+            state, alive, total, steps, run, longest = carry
             next_state = env.step(state, policy(state.obs, key))
             total = total + alive * next_state.reward
             steps = steps + alive
+            if "success" in next_state.metrics:  # a skill: the longest run of successes
+                run = jnp.where(alive * next_state.metrics["success"] > 0, run + 1, 0)
+                longest = jnp.maximum(longest, run)
             alive = alive * (1.0 - next_state.done)
-            return (next_state, alive, total, steps), None
+            return (next_state, alive, total, steps, run, longest), None
 
         state = env.reset(key_reset)
-        init = (state, jnp.ones(()), jnp.zeros(()), jnp.zeros(()))
+        zero = jnp.zeros(())
+        init = (state, jnp.ones(()), zero, zero, zero, zero)
         keys = jax.random.split(key_act, episode_length)
-        (_, alive, total, steps), _ = jax.lax.scan(step, init, keys)
-        return {"return": total, "steps": steps, "reward_per_step": total / steps,
-                "fell": 1.0 - alive}
+        (state, alive, total, steps, _, longest), _ = jax.lax.scan(step, init, keys)
+        out = {"return": total, "steps": steps, "reward_per_step": total / steps,
+               "fell": 1.0 - alive}
+        if "success" in state.metrics:
+            out.update(success=(longest >= HOLD_STEPS).astype(total.dtype),
+                       longest_success_steps=longest,
+                       normalized_task_reward=total / episode_length)
+        return out
 
     return jax.vmap(episode)(jax.random.split(key_reset, num_episodes),
                              jax.random.split(key_act, num_episodes))
@@ -59,10 +73,15 @@ def evaluate(env: Env, policy: Policy, key: jax.Array, num_episodes: int = 5,
 
 def summarize(results: dict[str, jax.Array]) -> dict[str, float]:
     """Means over episodes, as plain floats for JSON."""
-    return {
+    summary = {
         "return_mean": float(jnp.mean(results["return"])),
         "return_std": float(jnp.std(results["return"])),
         "reward_per_step_mean": float(jnp.mean(results["reward_per_step"])),
         "episode_steps_mean": float(jnp.mean(results["steps"])),
         "fall_rate": float(jnp.mean(results["fell"])),
     }
+    if "success" in results:
+        summary.update(success_rate=float(jnp.mean(results["success"])),
+                       normalized_task_reward_mean=float(
+                           jnp.mean(results["normalized_task_reward"])))
+    return summary

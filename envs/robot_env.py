@@ -91,9 +91,10 @@ class RobotEnv(Env):
         self.physics = backends.make_backend(backend or backends.default_backend(),
                                              embodiment.mj_model, embodiment.n_substeps)
         self.reset_noise_scale = reset_noise_scale
-        # Reset noise on the limbs only: the root keeps the home height and orientation.
+        # Reset noise on the limbs only: the root keeps the home height and orientation, and a
+        # skill scene's free bodies (after the robot's qpos) start where they are.
         nq = embodiment.nq
-        self._noisy_qpos = np.setdiff1d(np.arange(nq), embodiment.root_qpos)
+        self._noisy_qpos = np.setdiff1d(np.arange(embodiment.robot_nq), embodiment.root_qpos)
         self._obs_qpos = np.setdiff1d(np.arange(nq), embodiment.root_xy_qpos)
 
     @property

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from nil_jax.envs.backends import PhysicsState
 from nil_jax.envs.embodiments import Embodiment
+from nil_jax.envs.skill_tasks import SKILL_TASKS
 
 
 def fallen(embodiment: Embodiment, qpos: jax.Array) -> jax.Array:
@@ -65,4 +66,4 @@ class WalkTask:
         return fallen(embodiment, state.qpos)
 
 
-TASKS = {"walk": WalkTask}
+TASKS = {"walk": WalkTask, **SKILL_TASKS}

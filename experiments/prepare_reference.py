@@ -49,26 +49,33 @@ def stage1(embodiment: str = "h1", skill: str = sim_frames.DEFAULT_SKILL,
            out: str = "references/stage1", height: int = 224, width: Optional[int] = None,
            transparent: bool = False, shadows: bool = True,
            background: tuple[int, int, int] = sim_frames.DEFAULT_BACKGROUND) -> None:
-    """Write <out>/<embodiment>_e0.png (+ _e0_mask.png, _prompt.txt) and print the prompt.
+    """Write <out>/<name>_e0.png (+ _e0_mask.png, _prompt.txt) and print the prompt.
 
+    SKILL: free text for the prompt, or a skill scene (sit, hang, balance): the robot is then
+    drawn in its scene's start pose with the scene's objects (the mask is the robot's alone),
+    and <name> is <embodiment>_<skill> instead of <embodiment>.
     width > height (e.g. 1280 x 720 for 16:9 generators) keeps the simulation view as the
     central square. --transparent writes RGBA with alpha 0 around the robot."""
-    body = envs.load(embodiment)
+    scene = skill if skill in envs.SKILLS else None
+    body = envs.load(embodiment, skill=scene)
     frame, mask = sim_frames.initial_frame(body, height, width or height,
                                            None if transparent else background, shadows)
     folder = pathlib.Path(out)
     text = sim_frames.prompt(body, skill)
-    write_bytes(folder / f"{embodiment}_e0.png", _png(frame))
-    write_bytes(folder / f"{embodiment}_e0_mask.png", _png(mask.astype(np.uint8) * 255))
-    write_text(folder / f"{embodiment}_prompt.txt", text + "\n")
-    print(f"initial frame: {folder / f'{embodiment}_e0.png'}")
+    name = embodiment if scene is None else f"{embodiment}_{scene}"
+    write_bytes(folder / f"{name}_e0.png", _png(frame))
+    write_bytes(folder / f"{name}_e0_mask.png", _png(mask.astype(np.uint8) * 255))
+    write_text(folder / f"{name}_prompt.txt", text + "\n")
+    print(f"initial frame: {folder / f'{name}_e0.png'}")
     print(f"prompt: {text}")
 
 
 def ingest(video: str, embodiment: str, out: str,
            config: Annotated[ingest_lib.IngestConfig, Flat] = ingest_lib.IngestConfig()) -> None:
-    """Turn a generated video of EMBODIMENT into a ReferenceBundle written to OUT (.npz)."""
-    bundle = ingest_lib.ingest(video, envs.load(embodiment), config)
+    """Turn a generated video of EMBODIMENT into a ReferenceBundle written to OUT (.npz). A
+    skill scene's video (--skill sit|hang|balance) is checked against that scene's e0."""
+    scene = config.skill if config.skill in envs.SKILLS else None
+    bundle = ingest_lib.ingest(video, envs.load(embodiment, skill=scene), config)
     path = bundle_lib.save(bundle, out)
     _summary(bundle, path)
 

@@ -6,6 +6,10 @@ Trains a NIL policy to imitate a reference video and evaluates it, all in one ru
         <- command-line flags                                  = the resolved RunConfig
     reference: a bundle (.npz), a raw video (auto-prepared into a bundle next to the other
         references), or none (the embodiment's synthetic walk, made once and cached)
+    --skill sit|hang|balance: the robot in that skill's scene (chair, bar, balance board),
+        a synthetic key-pose reference of the skill, and its success rate and normalized task
+        reward in the evaluation; --reward-source task trains the RL upper bound on the
+        skill's hand-written task reward instead of NIL's, for comparison
     training.build -> training.train (jitted chunks; Ctrl-C checkpoints first)
         -> training.evaluate (the policy, zero-action and random actions, same resets)
 
@@ -141,6 +145,12 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
     if config.embodiment not in envs.EMBODIMENTS:
         raise SystemExit(f"Unknown --embodiment {config.embodiment!r}; "
                          f"choose one of {sorted(envs.EMBODIMENTS)}.")
+    if config.skill not in envs.TASKS:
+        raise SystemExit(f"Unknown --skill {config.skill!r}; choose one of {sorted(envs.TASKS)}.")
+    if config.reward_source not in training.REWARD_SOURCES or (
+            config.reward_source == "task" and config.skill == "walk"):
+        raise SystemExit(f"--reward-source {config.reward_source!r}: 'nil', or 'task' (the RL "
+                         "upper bound) with --skill sit|hang|balance.")
     return known.preset, config
 
 
@@ -161,7 +171,8 @@ def run_folder(preset: str, config: RunConfig) -> tuple[pathlib.Path, str, RunCo
     with the changeable flags applied and what the first run decided itself (physics backend,
     video stream on or off) pinned, so that the state restores into the same layout."""
     runs = pathlib.Path(config.runs_dir)
-    prefix = f"{config.embodiment}-{config.skill}-{preset}-"
+    upper_bound = "-task-reward" if config.reward_source == "task" else ""
+    prefix = f"{config.embodiment}-{config.skill}{upper_bound}-{preset}-"
     if not config.resume:
         name = config.run_name or prefix + time.strftime("%Y%m%d-%H%M%S")
         folder = runs / name

@@ -20,8 +20,10 @@ ends (truncation, through brax's `EpisodeWrapper` with `episode_length = referen
 so that step t always has a reference frame t). A non-finite reward (a diverged step) is
 replaced by 0, counted in `metrics["nonfinite_reward"]`, and ends the episode.
 
-The environment's own task reward (LocoMujoco's walk reward) is kept as `metrics["reward/env"]`
-for evaluation; it is never part of the NIL reward.
+The environment's own task reward (LocoMujoco's walk reward, or a skill's task reward) is kept
+as `metrics["reward/env"]` for evaluation; it is never part of the NIL reward. With
+`train_on_task_reward` it is the reward instead (the RL upper bound of a skill), and the NIL
+terms are only logged.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from nil_jax.reward import nil_reward, regularizers, renderer, silhouettes
 class NilEnv(Env):
     def __init__(self, robot: RobotEnv, reference: nil_reward.Reference,
                  silhouette: silhouettes.Silhouettes, config: nil_reward.RewardConfig,
-                 encoder: Optional[nil_reward.VideoEncoder] = None, observe_phase: bool = False):
+                 encoder: Optional[nil_reward.VideoEncoder] = None, observe_phase: bool = False,
+                 train_on_task_reward: bool = False):
         spec = silhouette.spec
         if reference.masks.shape[1:] != (spec.height, spec.width):
             raise ValueError(f"reference masks are {reference.masks.shape[1:]}, the renderer draws "
@@ -54,6 +57,7 @@ class NilEnv(Env):
         self.config = config
         self.encoder = encoder
         self.observe_phase = observe_phase
+        self.train_on_task_reward = train_on_task_reward
         self.indices = regularizers.BodyIndices.of(robot.embodiment)
         self.home_frame, self.home_mask = self._home_frame()
 
@@ -139,6 +143,8 @@ class NilEnv(Env):
             previous_action=info["previous_action"], qvel=physics.qvel, xpos=xpos,
             previous_xpos=info["xpos"], xmat=xmat))
         reward = nil_reward.combine(self.config, terms).astype(dtype)
+        if self.train_on_task_reward:
+            reward = next_state.reward
         finite = jnp.isfinite(reward)
         metrics = dict(next_state.metrics)
         metrics.update({k: jnp.where(finite, v, 0.0).astype(dtype) for k, v in terms.items()

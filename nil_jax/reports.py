@@ -118,7 +118,8 @@ def evaluation_video(setup, records: dict[str, np.ndarray], path: pathlib.Path,
 
 
 TABLE_METRICS = ("mean_iou", "mean_video", "pose_error_rad", "fall_rate", "steps_to_fall_mean",
-                 "env_return_mean", "env_reward_per_step_mean")
+                 "env_return_mean", "env_reward_per_step_mean", "success_rate",
+                 "normalized_task_reward")
 
 
 def metrics_table(metrics: dict) -> str:

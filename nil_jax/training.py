@@ -43,7 +43,7 @@ import tensorboardX
 import tqdm
 
 from nil_jax import envs, parallel, video
-from nil_jax.envs import assets, evaluation
+from nil_jax.envs import assets, evaluation, skill_tasks
 from nil_jax.agents import bro, checkpoint
 from nil_jax.envs.embodiments import Embodiment
 from nil_jax.io_utils import write_text
@@ -61,7 +61,10 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     embodiment: str = "h1"
-    skill: str = "walk"
+    skill: str = "walk"  # or a whole-body skill in its scene: sit, hang, balance (envs/scenes.py)
+    # "nil": the NIL reward; "task": the skill's hand-written task reward (the RL upper bound
+    # NIL is compared against; the NIL terms are still logged)
+    reward_source: str = "nil"
     backend: Optional[str] = None  # None: cpu when JAX runs on the CPU, else mjx
     actuation: str = "torque"  # "torque" (the model's motors) or "pd" (joint targets), robot_env
     pd_action_scale: float = 1.0  # rad of target offset from the home pose per unit of action
@@ -100,19 +103,21 @@ class Setup:
     shardings: bro.LearnerState  # where each leaf of the learner's state lives
 
 
+REWARD_SOURCES = ("nil", "task")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif")
 
 
 def load_reference(config: TrainConfig, embodiment: Embodiment
                    ) -> tuple[bundle_lib.ReferenceBundle, pathlib.Path]:
-    """The reference bundle and its file: the synthetic walk, a bundle, or a raw video ingested
-    once (the bundle is cached under references_dir by the video's digest)."""
+    """The reference bundle and its file: the synthetic walk (or skill motion), a bundle, or a
+    raw video ingested once (the bundle is cached under references_dir by the video's
+    digest)."""
     if config.reference is None:
-        if config.skill != "walk":
-            raise ValueError(f"There is no synthetic reference of skill {config.skill!r}; pass "
-                             "--reference (a bundle or a video).")
-        return (synthetic.load_or_make(embodiment, config.references_dir),
-                synthetic.cache_path(embodiment, config.references_dir))
+        made = synthetic.SyntheticConfig(
+            seconds=synthetic.SyntheticConfig.seconds if embodiment.scene is None
+            else synthetic.SKILL_SECONDS)
+        return (synthetic.load_or_make(embodiment, config.references_dir, made),
+                synthetic.cache_path(embodiment, config.references_dir, made))
     path = pathlib.Path(config.reference)
     if not path.is_file():
         raise FileNotFoundError(
@@ -176,12 +181,23 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
     """Everything a run needs, split over `devices` (default: every device JAX sees)."""
     mesh = parallel.data_mesh(devices)
     parallel.check_divisible(config.agent, mesh)
-    embodiment = envs.embodiments.load(config.embodiment)
+    if config.skill not in envs.TASKS:
+        raise ValueError(f"Unknown skill {config.skill!r}; choose one of {sorted(envs.TASKS)}.")
+    if config.reward_source not in REWARD_SOURCES:
+        raise ValueError(f"Unknown reward source {config.reward_source!r}; choose one of "
+                         f"{REWARD_SOURCES}.")
+    if config.reward_source == "task" and config.skill == "walk":
+        raise ValueError("--reward-source task is the RL upper bound of a skill (sit, hang, "
+                         "balance); pass --skill.")
+    skill = None if config.skill == "walk" else config.skill
+    embodiment = envs.embodiments.load(config.embodiment, skill=skill)
     bundle, reference_path = load_reference(config, embodiment)
     if bundle.num_frames < nil_reward.CLIP_FRAMES + 1:
         raise TooFewFramesError(f"The reference has {bundle.num_frames} frames: at least "
                          f"{nil_reward.CLIP_FRAMES + 1} are needed (one clip and one step).")
     encoder, embeddings, notes = video_encoder(config, bundle)
+    if config.reward_source == "task":
+        notes.append(f"RL upper bound: trained on the {config.skill} task reward, not NIL's")
     reward = config.reward
     if encoder is None and reward.video_weight > 0:
         reward = dataclasses.replace(reward, video_weight=0.0)
@@ -192,9 +208,10 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
     reference = nil_reward.Reference(masks=jnp.asarray(resize_masks(bundle.masks, size)),
                                      embeddings=None if embeddings is None
                                      else jnp.asarray(embeddings))
-    robot = envs.make(config.embodiment, task="walk", backend=config.backend,
+    robot = envs.make(config.embodiment, task=config.skill, backend=config.backend,
                       actuation=config.actuation, pd_action_scale=config.pd_action_scale)
-    env = NilEnv(robot, reference, sil, reward, encoder, observe_phase=config.observe_phase)
+    env = NilEnv(robot, reference, sil, reward, encoder, observe_phase=config.observe_phase,
+                 train_on_task_reward=config.reward_source == "task")
     agent = dataclasses.replace(config.agent, episode_length=bundle.num_frames - 1)
     learner = bro.Bro(env, agent, batched=True, batch_sharding=parallel.batch_sharding(mesh))
     return Setup(config, embodiment, bundle, env, learner, reward, str(reference_path),
@@ -367,7 +384,11 @@ PROTOCOL = ("Each policy runs `episodes` episodes from the reference's start (th
             "pose_error_rad: mean |angle - ground truth| over the root's three rotations and "
             "every joint, all steps (the fallen pose after a fall). env_return_mean: LocoMujoco's walk "
             "reward summed until the first fall; env_reward_per_step_mean: that sum divided by "
-            "the steps taken. fall_rate: episodes that fell before the reference ended.")
+            "the steps taken. fall_rate: episodes that fell before the reference ended. "
+            "Skills (sit, hang, balance): env_* is the skill's task reward (0 to 1 per step) and "
+            "a fall is the skill's failure; success_rate: episodes whose success predicate held "
+            "for HOLD_STEPS (100) consecutive steps before any failure; normalized_task_reward: "
+            "the task reward summed until the failure, divided by the reference's length.")
 POLICIES = ("nil", "zero", "random")  # the trained policy (deterministic) and the two baselines
 
 
@@ -393,8 +414,9 @@ def evaluation_function(setup: Setup, num_episodes: int):
         def step(state, key):
             state = env.step(state, act(agent, kind, state.obs, key))
             record = {name: state.metrics[name] for name in ("reward/iou", "reward/env")}
-            if "reward/video" in state.metrics:
-                record["reward/video"] = state.metrics["reward/video"]
+            for name in ("reward/video", "success"):  # if streamed / a skill
+                if name in state.metrics:
+                    record[name] = state.metrics[name]
             record.update(qpos=state.pipeline_state.qpos, done=state.done,
                           mask=state.info["mask"])
             return state, record
@@ -407,9 +429,10 @@ def evaluation_function(setup: Setup, num_episodes: int):
 
 
 def hinge_qpos(embodiment: Embodiment) -> np.ndarray:
-    """qpos indices of every angle: the root's three rotations and the joints (not the slides)."""
+    """qpos indices of every angle of the robot: the root's three rotations and the joints (not
+    the slides, nor a skill scene's free bodies)."""
     slides = [*embodiment.root_xy_qpos, embodiment.root_height_qpos]
-    return np.setdiff1d(np.arange(embodiment.nq), slides)
+    return np.setdiff1d(np.arange(embodiment.robot_nq), slides)
 
 
 def after_falls_held(records: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -440,6 +463,11 @@ def summarize(setup: Setup, records: dict[str, np.ndarray]) -> dict[str, float]:
                "mean_iou": float(iou.mean())}
     if "reward/video" in records:  # the fallen clip's similarity is held (no encoder here)
         metrics["mean_video"] = float(held["reward/video"].mean())
+    if "success" in records:  # a skill: its predicate held long enough, before any failure
+        succeeded = jax.device_get(skill_tasks.held(jnp.asarray((records["success"] * alive).T),
+                                                    skill_tasks.HOLD_STEPS))
+        metrics["success_rate"] = float(np.mean(succeeded))
+        metrics["normalized_task_reward"] = float((env_return / length).mean())
     truth = setup.bundle.ground_truth_qpos
     if truth is not None:
         angles = hinge_qpos(setup.embodiment)

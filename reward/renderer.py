@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 
+from nil_jax.envs import scenes
+
 _SPHERE, _CAPSULE, _ELLIPSOID, _CYLINDER, _BOX = (
     int(mujoco.mjtGeom.mjGEOM_SPHERE), int(mujoco.mjtGeom.mjGEOM_CAPSULE),
     int(mujoco.mjtGeom.mjGEOM_ELLIPSOID), int(mujoco.mjtGeom.mjGEOM_CYLINDER),
@@ -280,9 +282,11 @@ class RenderSpec:
 
 
 def body_geoms(model: mujoco.MjModel) -> list[int]:
-    """The geoms that make up the robot's picture: visible (group < 3), not on the world body."""
+    """The geoms that make up the robot's picture: visible (group < 3), not on the world body
+    or a skill scene's bodies (chair, bar, board: simulated, not part of the mask)."""
     return [g for g in range(model.ngeom) if model.geom_bodyid[g] != 0
-            and model.geom_group[g] < 3 and model.geom_rgba[g, 3] > 0]
+            and model.geom_group[g] < 3 and model.geom_rgba[g, 3] > 0
+            and not scenes.is_scene_body(model, model.geom_bodyid[g])]
 
 
 def geom_primitives(model: mujoco.MjModel, geom_ids: Sequence[int]) -> list[Primitive]:

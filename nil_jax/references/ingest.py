@@ -83,8 +83,13 @@ def _check_initial_frames(masks: np.ndarray, e0_mask: np.ndarray, config: Ingest
 
 
 def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
-           config: IngestConfig = IngestConfig()) -> ReferenceBundle:
-    """The ReferenceBundle of a generated video of `embodiment` (not saved; see bundle.save)."""
+           config: IngestConfig = IngestConfig(), masks: Optional[np.ndarray] = None
+           ) -> ReferenceBundle:
+    """The ReferenceBundle of a generated video of `embodiment` (not saved; see bundle.save).
+
+    `masks` (frames, H, W) bool: the agent masks of the video's frames when they are known
+    (synthetic references of skill scenes: MuJoCo's segmentation, since the weight-free
+    segmenter would take the chair for the robot); the segmenter is then not run."""
     started = time.perf_counter()
     timings = {}
     control_dt = embodiment.control_dt
@@ -108,8 +113,16 @@ def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
     e0_mask = video_io.resize_masks(e0_small[None], side)[0]
 
     tick = time.perf_counter()
-    segmenter = segment.choose(config.segmenter, config.sam2_checkpoint)
-    if segmenter == "sam2":
+    segmenter = "given" if masks is not None else segment.choose(config.segmenter,
+                                                                 config.sam2_checkpoint)
+    if segmenter == "given":
+        if masks.shape != video.frames.shape[:3]:
+            raise ValueError(f"given masks {masks.shape} do not match the video's frames "
+                             f"{video.frames.shape[:3]}")
+        masks = video_io.crop_square(np.asarray(masks, bool))
+        segmenter_info = {"name": "given", "note": "agent masks supplied with the video "
+                          "(the simulator's segmentation of a synthetic reference)"}
+    elif segmenter == "sam2":
         masks = segment.sam2_masks(square, e0_mask, config.sam2_checkpoint, config.sam2_config,
                                    config.sam2_device, config.sam2_overrides)
         segmenter_info = {"name": "sam2", "checkpoint": config.sam2_checkpoint,
@@ -145,10 +158,12 @@ def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
     timings["embed_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
 
+    # A skill scene names its skill; a plain floor, the config's.
+    skill = embodiment.scene.skill if embodiment.scene is not None else config.skill
     metadata = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "nil_jax": nil_jax.__version__,
-        "embodiment": embodiment.name, "skill": config.skill,
-        "prompt": sim_frames.prompt(embodiment, config.skill),
+        "embodiment": embodiment.name,
+        "skill": skill, "prompt": sim_frames.prompt(embodiment, skill),
         "source": {"file": pathlib.Path(video.path).name, "sha256": video.sha256,
                    "frames": video.num_frames, "height": height, "width": width,
                    "fps": video.fps, "crop": list(video_io.center_square(height, width))},

@@ -4,7 +4,8 @@ removed, and the stage-1 prompt.
     qpos (T, nq) --mujoco.Renderer, camera `nil_track`--> RGB (T, H, W, 3)
                  --segmentation rendering (geom ids)--> agent mask (T, H, W): the robot's body
                    geoms (`reward.renderer.body_geoms`), never the floor or the sky
-    composite: RGB where the mask is, a plain colour (or transparency) elsewhere
+    composite: RGB where the mask is (and a skill scene's objects: chair, bar, board), a plain
+               colour (or transparency) elsewhere
 
 Stage 1 of NIL: the initial frame e0 (home pose) with the background removed
 and the prompt "The {embodiment} agent is {skill}, camera follows the agent." go to any
@@ -21,11 +22,16 @@ from typing import Optional
 import mujoco
 import numpy as np
 
+from nil_jax.envs import scenes
 from nil_jax.envs.embodiments import Embodiment
 from nil_jax.reward.renderer import body_geoms
 
 PROMPT = "The {embodiment} agent is {skill}, camera follows the agent."
 DEFAULT_SKILL = "walking"
+# What the prompt says of each skill scene's skill (envs.scenes.SKILLS).
+SKILL_PHRASES = {"walk": "walking", "sit": "sitting down on the chair behind it",
+                 "hang": "hanging from the horizontal bar",
+                 "balance": "standing balanced on the balance board"}
 # e0's plain background. White: generators continue it as a plain studio background, and the
 # robots are dark to mid grey (Talos has the lightest parts, and the lowest mask IoU of the four
 # with the weight-free segmenter: README), so that segmenter separates them.
@@ -33,7 +39,9 @@ DEFAULT_BACKGROUND = (255, 255, 255)
 
 
 def prompt(embodiment: Embodiment, skill: str = DEFAULT_SKILL) -> str:
-    return PROMPT.format(embodiment=embodiment.spec.display_name, skill=skill)
+    """The stage-1 prompt; a skill name of SKILL_PHRASES becomes its phrase."""
+    return PROMPT.format(embodiment=embodiment.spec.display_name,
+                         skill=SKILL_PHRASES.get(skill, skill))
 
 
 def _model_for(model: mujoco.MjModel, height: int, width: int) -> mujoco.MjModel:
@@ -52,6 +60,16 @@ def render(embodiment: Embodiment, qpos: np.ndarray, height: int = 224, width: i
            rgb: bool = True, shadows: bool = False
            ) -> tuple[Optional[np.ndarray], np.ndarray]:
     """RGB frames (T, H, W, 3) uint8 (None unless `rgb`) and agent masks (T, H, W) bool.
+    (`render_scene` also gives the masks of a skill scene's objects.)"""
+    frames, masks, _ = render_scene(embodiment, qpos, height, width, rgb=rgb, shadows=shadows)
+    return frames, masks
+
+
+def render_scene(embodiment: Embodiment, qpos: np.ndarray, height: int = 224, width: int = 224,
+                 *, rgb: bool = True, shadows: bool = False
+                 ) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+    """RGB frames (T, H, W, 3) uint8 (None unless `rgb`), agent masks and the masks of the skill
+    scene's objects (chair, bar, board; all False without a scene), each (T, H, W) bool.
 
     One renderer draws each pose twice: lit colour, then segmentation (geom ids), whose body
     geoms are the mask. Floor reflections and the skybox are off (the background is replaced),
@@ -60,9 +78,12 @@ def render(embodiment: Embodiment, qpos: np.ndarray, height: int = 224, width: i
     (`nil_jax.video.render_trajectory` renders with the scene's defaults, for rollouts.)"""
     model = _model_for(embodiment.mj_model, height, width)
     agent = np.array(body_geoms(model))
+    scene = np.array([g for g in range(model.ngeom) if model.geom_group[g] < 3
+                      and scenes.is_scene_body(model, model.geom_bodyid[g])], int)
     data = mujoco.MjData(model)
     frames = np.empty((len(qpos), height, width, 3), np.uint8) if rgb else None
     masks = np.empty((len(qpos), height, width), bool)
+    scene_masks = np.empty((len(qpos), height, width), bool)
     with mujoco.Renderer(model, height, width) as renderer:
         for t, q in enumerate(qpos):
             data.qpos[:] = q
@@ -76,9 +97,10 @@ def render(embodiment: Embodiment, qpos: np.ndarray, height: int = 224, width: i
             renderer.enable_segmentation_rendering()
             segmentation = renderer.render()  # (object id, object type), -1 background
             renderer.disable_segmentation_rendering()
-            masks[t] = np.isin(segmentation[..., 0], agent) \
-                & (segmentation[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM))
-    return frames, masks
+            is_geom = segmentation[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)
+            masks[t] = np.isin(segmentation[..., 0], agent) & is_geom
+            scene_masks[t] = np.isin(segmentation[..., 0], scene) & is_geom
+    return frames, masks, scene_masks
 
 
 def agent_masks(embodiment: Embodiment, qpos: np.ndarray, height: int = 224,
@@ -91,10 +113,12 @@ def render_agent(embodiment: Embodiment, qpos: np.ndarray, height: int = 224, wi
                  background: tuple[int, int, int] = DEFAULT_BACKGROUND, shadows: bool = False
                  ) -> tuple[np.ndarray, np.ndarray]:
     """RGB frames of the poses with the background replaced by a plain colour, and the masks.
+    A skill scene's objects stay in the picture (a generator must see the chair), not in the
+    masks.
 
     Returns frames (T, H, W, 3) uint8 and masks (T, H, W) bool."""
-    frames, masks = render(embodiment, qpos, height, width, shadows=shadows)
-    frames[~masks] = np.asarray(background, np.uint8)
+    frames, masks, scene_masks = render_scene(embodiment, qpos, height, width, shadows=shadows)
+    frames[~(masks | scene_masks)] = np.asarray(background, np.uint8)
     return frames, masks
 
 
@@ -109,10 +133,10 @@ def initial_frame(embodiment: Embodiment, height: int = 224, width: int = 224,
     if height > width:
         raise ValueError(f"e0 of {width}x{height} (portrait) would not contain the simulation "
                          "view; use a square or landscape size.")
-    qpos = embodiment.init_qpos[None]
-    frames, masks = render_agent(embodiment, qpos, height, width, background or (0, 0, 0),
-                                 shadows)
-    frame, mask = frames[0], masks[0]
+    frames, masks, scene_masks = render_scene(embodiment, embodiment.init_qpos[None], height,
+                                              width, shadows=shadows)
+    frame, mask, shown = frames[0], masks[0], masks[0] | scene_masks[0]
+    frame[~shown] = np.asarray(background or (0, 0, 0), np.uint8)
     if background is None:
-        frame = np.concatenate([frame, np.where(mask, 255, 0).astype(np.uint8)[..., None]], -1)
+        frame = np.concatenate([frame, np.where(shown, 255, 0).astype(np.uint8)[..., None]], -1)
     return frame, mask

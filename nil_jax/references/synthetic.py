@@ -1,4 +1,5 @@
-"""Synthetic references with ground truth: a kinematic walk rendered like a generated video.
+"""Synthetic references with ground truth: a kinematic walk (or a skill's key-pose motion)
+rendered like a generated video.
 
     gait(t): joint angles from a procedural gait (starting from the home pose, e0, and reaching
              full amplitude within 0.4 s), root x advancing at the walk task's speed,
@@ -18,6 +19,16 @@ joints' axes are measured at load: each joint's sign is that of its axis' y comp
              calves flex during swing
 The joint names come from each model (they differ: H1, Talos, G1 and A1 name joints their own
 way); Talos has no shoulder pitch joint with its arms down, so only its elbows swing.
+
+Skill scenes (an embodiment loaded with `skill=`, envs/scenes.py) get a key-pose motion instead:
+the start pose blended toward a key pose by a smoothstep weight, rendered with the scene's
+objects (a generator would see the chair too) and ingested with MuJoCo's masks of the robot
+(the weight-free segmenter would take the chair for part of it):
+  sit      stand 0.3 s, sit down over 1.5 s into the scene's sitting pose, stay seated
+  hang     hang 0.3 s, raise the knees (hips -1.2, knees 1.6 rad) over 1 s, hold 0.7 s, lower
+           them over 1 s; every 3 s
+  balance  stand 0.3 s, crouch a little (hips -0.35, knees 0.7, ankles -0.35 rad) with the arms
+           forward (shoulders -0.8 rad) over 1 s, hold; feet on the board, which stays level
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from typing import Optional
 import mujoco
 import numpy as np
 
+from nil_jax.envs import scenes
 from nil_jax.envs.embodiments import Embodiment, geom_lowest_z
 from nil_jax.references import ingest as ingest_lib
 from nil_jax.references import sim_frames
@@ -146,12 +158,67 @@ def walking_qpos(embodiment: Embodiment, times: np.ndarray) -> np.ndarray:
         low, high = model.jnt_range[joint.id]
         qpos[:, address] = np.clip(qpos[:, address] + np.sign(axis_y) * offset, low, high)
     qpos[:, embodiment.root_xy_qpos[0]] += embodiment.spec.walk_speed * times
-    height = embodiment.root_height_qpos
-    for q in qpos:  # lowest foot on the floor
+    return _feet_on(embodiment, qpos, 0.0)
+
+
+def _feet_on(embodiment: Embodiment, qpos: np.ndarray, height: float) -> np.ndarray:
+    """`qpos` (T, nq) with each pose raised or lowered so that its lowest foot is at `height`."""
+    model = embodiment.mj_model
+    data = mujoco.MjData(model)
+    for q in qpos:
         data.qpos[:] = q
         mujoco.mj_kinematics(model, data)
-        q[height] -= min(geom_lowest_z(model, data, g) for g in embodiment.foot_geom_ids)
+        q[embodiment.root_height_qpos] += height - min(
+            geom_lowest_z(model, data, g) for g in embodiment.foot_geom_ids)
     return qpos
+
+
+SKILL_SETTLE_SECONDS = 0.3  # the start pose (e0) is held this long
+SKILL_SECONDS = 4.0  # a skill reference's length: time to reach the pose and hold it (> 1 s)
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def skill_qpos(embodiment: Embodiment, times: np.ndarray) -> np.ndarray:
+    """(T, nq) poses of the skill scene's key-pose motion at `times` (s) (module docstring)."""
+    scene, model = embodiment.scene, embodiment.mj_model
+    if scene is None:
+        raise ValueError(f"{embodiment.name} was loaded without a skill scene")
+    limbs = scenes.LIMBS[embodiment.name]
+    start = embodiment.init_qpos
+    late = times - SKILL_SETTLE_SECONDS
+    if scene.skill == "sit":
+        target = np.concatenate([scene.key_qpos, start[embodiment.robot_nq:]])
+        weight = _smoothstep(late / 1.5)
+    elif scene.skill == "hang":
+        target = scenes.set_joints(model, start, {**{j: -1.2 for j in limbs.hip_pitch},
+                                                  **{j: 1.6 for j in limbs.knee}})
+        cycle = np.mod(late, 3.0)
+        weight = np.where(late < 0, 0.0, _smoothstep(cycle) - _smoothstep(cycle - 1.7))
+    else:
+        target = scenes.set_joints(model, start, {
+            **{j: -0.35 for j in limbs.hip_pitch}, **{j: 0.7 for j in limbs.knee},
+            **{j: -0.35 for j in limbs.ankle_pitch}, **{j: -0.8 for j in limbs.shoulder_pitch}})
+        weight = _smoothstep(late)
+    qpos = start + weight[:, None] * (target - start)
+    if scene.skill == "hang":
+        return qpos  # the hands stay on the bar: the root does not move
+    board_top = 2 * scenes.PIVOT_RADIUS + 2 * scene.board_half_size[2]
+    return _feet_on(embodiment, qpos, board_top if scene.skill == "balance" else 0.0)
+
+
+def motion_qpos(embodiment: Embodiment, times: np.ndarray) -> np.ndarray:
+    """The synthetic reference's poses: the skill scene's motion, or the walk."""
+    if embodiment.scene is not None:
+        return skill_qpos(embodiment, times)
+    return walking_qpos(embodiment, times)
+
+
+def motion_name(embodiment: Embodiment) -> str:
+    return "walk" if embodiment.scene is None else embodiment.scene.skill
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,31 +234,37 @@ def make(embodiment: Embodiment, folder: str | os.PathLike,
          config: SyntheticConfig = SyntheticConfig(),
          ingest_config: ingest_lib.IngestConfig = ingest_lib.IngestConfig(segmenter="background")
          ) -> tuple[ReferenceBundle, pathlib.Path]:
-    """Renders the walk to `folder`/<name>_walk.mp4, ingests it, adds the ground truth.
+    """Renders the walk (or the skill scene's motion) to `folder`/<name>_<motion>.mp4, ingests
+    it, adds the ground truth.
 
     Returns the bundle (not saved) and the video path."""
     started = time.perf_counter()
     video_times = np.arange(round(config.seconds * config.video_fps) + 1) / config.video_fps
-    frames, _ = sim_frames.render_agent(embodiment, walking_qpos(embodiment, video_times),
-                                        config.video_size, config.video_size,
-                                        config.video_background, config.shadows)
-    video = write_video(pathlib.Path(folder) / f"{embodiment.name}_walk.mp4", frames,
+    frames, masks = sim_frames.render_agent(embodiment, motion_qpos(embodiment, video_times),
+                                            config.video_size, config.video_size,
+                                            config.video_background, config.shadows)
+    motion = motion_name(embodiment)
+    video = write_video(pathlib.Path(folder) / f"{embodiment.name}_{motion}.mp4", frames,
                         config.video_fps)
     rendered = time.perf_counter()
-    bundle = ingest_lib.ingest(video, embodiment, ingest_config)
+    # With a scene in the picture, the simulator's masks stand in for the segmenter.
+    given = masks if embodiment.scene is not None else None
+    bundle = ingest_lib.ingest(video, embodiment, ingest_config, masks=given)
     ingested = time.perf_counter()
-    truth = walking_qpos(embodiment, np.arange(bundle.num_frames) * embodiment.control_dt)
+    truth = motion_qpos(embodiment, np.arange(bundle.num_frames) * embodiment.control_dt)
     size = bundle.frames.shape[1]
     truth_masks = sim_frames.agent_masks(embodiment, truth, size, size)
     ious = np.array([float(mask_iou(a, b)) for a, b in zip(bundle.masks, truth_masks)])
     metadata = {**bundle.metadata, "synthetic": {
-        "gait": dataclasses.asdict(GAITS[embodiment.name]), **dataclasses.asdict(config),
-        "ground_truth": "qpos of the procedural walk at the control rate; masks: MuJoCo "
+        "motion": motion,
+        **({"gait": dataclasses.asdict(GAITS[embodiment.name])} if motion == "walk" else {}),
+        **dataclasses.asdict(config),
+        "ground_truth": f"qpos of the procedural {motion} at the control rate; masks: MuJoCo "
                         "segmentation of those poses (body geoms)",
         "mask_iou_mean": float(ious.mean()), "mask_iou_min": float(ious.min()),
         "render_s": rendered - started, "ingest_s": ingested - rendered}}
-    logger.info("Synthetic %s walk: mask IoU vs ground truth mean %.3f, min %.3f", embodiment.name,
-                ious.mean(), ious.min())
+    logger.info("Synthetic %s %s: mask IoU vs ground truth mean %.3f, min %.3f",
+                embodiment.name, motion, ious.mean(), ious.min())
     return dataclasses.replace(bundle, ground_truth_qpos=truth.astype(np.float64),
                                ground_truth_masks=truth_masks, metadata=metadata), video
 
@@ -204,7 +277,7 @@ def cache_path(embodiment: Embodiment, folder: str | os.PathLike,
     settings = json.dumps([bundle_lib.FORMAT_VERSION, dataclasses.asdict(config),
                            dataclasses.asdict(ingest_config)], sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
-    return pathlib.Path(folder) / f"{embodiment.name}_walk_{digest}.npz"
+    return pathlib.Path(folder) / f"{embodiment.name}_{motion_name(embodiment)}_{digest}.npz"
 
 
 def load_or_make(embodiment: Embodiment, folder: str | os.PathLike,
