@@ -29,4 +29,5 @@ def make(embodiment: str = "h1", task: str = "walk", backend: Optional[str] = No
                     **env_kwargs)
 
 
-__all__ = ["BACKENDS", "EMBODIMENTS", "SKILLS", "TASKS", "RobotEnv", "default_backend", "load", "make"]
+__all__ = ["BACKENDS", "EMBODIMENTS", "SKILLS", "TASKS", "RobotEnv", "default_backend", "load",
+           "make"]

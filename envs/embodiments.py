@@ -138,7 +138,7 @@ class Embodiment:
     spec: EmbodimentSpec
     mj_model: mujoco.MjModel
     n_substeps: int
-    init_qpos: np.ndarray  # (nq,) home pose with the feet on the floor
+    init_qpos: np.ndarray  # (nq,) home pose: feet on the floor, or a skill scene's start pose
     ctrl_low: np.ndarray  # (nu,) actuator ctrlrange; actions in [-1, 1] map onto it
     ctrl_high: np.ndarray
     root_qpos: np.ndarray  # (6,) the root body's joints: x, y, z slides and three hinges
@@ -151,8 +151,7 @@ class Embodiment:
     foot_geom_ids: np.ndarray  # contact geoms of the feet (primitives)
     foot_body_ids: np.ndarray  # one body per foot
     camera_id: int
-    robot_nq: int  # the robot's qpos/qvel come first; a skill scene's free joints follow
-    robot_nv: int
+    robot_nq: int  # the robot's qpos come first; a skill scene's free joints follow
     scene: Optional[scenes.Scene] = None  # the skill scene (sit, hang, balance), if any
 
     @property
@@ -326,16 +325,21 @@ def _add_tracking_camera(mj_spec: mujoco.MjSpec, model: mujoco.MjModel, root: in
     )
 
 
-@functools.lru_cache(maxsize=None)
 def load(name: str, mjcf_path: Optional[str] = None, skill: Optional[str] = None) -> Embodiment:
     """Loads a registered embodiment (optionally from the user's own MJCF file), in the scene
-    of `skill` (`scenes.SKILLS`; None or "walk": the plain floor)."""
+    of `skill` (`scenes.SKILLS`; None or "walk": the plain floor). One model per distinct
+    (name, file, scene), however the arguments are passed."""
+    return _load(name, None if mjcf_path is None else os.fspath(mjcf_path),
+                 scenes.optional_skill(skill))
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str, mjcf_path: Optional[str], skill: Optional[str]) -> Embodiment:
     if name not in EMBODIMENTS:
         raise ValueError(f"Unknown embodiment {name!r}; choose one of {sorted(EMBODIMENTS)}.")
     spec = EMBODIMENTS[name]
     if mjcf_path is not None:
         spec = dataclasses.replace(spec, mjcf_path=os.fspath(mjcf_path))
-    skill = scenes.optional_skill(skill)
     return build(spec, None if skill is None else scenes.builder(name, skill))
 
 
@@ -370,15 +374,14 @@ def build(spec: EmbodimentSpec, scene: Optional[scenes.SceneBuilder] = None) -> 
     qpos[model.jnt_qposadr[vertical[0]]] -= lowest
 
     _add_tracking_camera(mj_spec, model, root, qpos)
-    robot_nq, robot_nv = model.nq, model.nv
+    robot_nq = model.nq
     scene_qpos = np.zeros(0)
     if scene is not None:
-        floor = next(g for g in range(model.ngeom) if model.geom_bodyid[g] == 0
-                     and model.geom_type[g] == mujoco.mjtGeom.mjGEOM_PLANE)
+        # The world body's one plane (checked in _build_spec), named or not.
+        floor = next(g for g in mj_spec.worldbody.geoms if g.type == mujoco.mjtGeom.mjGEOM_PLANE)
         qpos, scene_qpos = scene.add(mj_spec, model, qpos, root,
                                      int(model.jnt_qposadr[vertical[0]]),
-                                     int(model.jnt_qposadr[horizontal[0]]), foot_geoms,
-                                     mj_spec.geom(model.geom(floor).name))
+                                     int(model.jnt_qposadr[horizontal[0]]), foot_geoms, floor)
     # qpos0 stays as authored (MuJoCo measures hinge and slide displacements from it); the home
     # pose is keyframe 0, for renderers and viewers.
     qpos = np.concatenate([qpos, scene_qpos])
@@ -410,6 +413,5 @@ def build(spec: EmbodimentSpec, scene: Optional[scenes.SceneBuilder] = None) -> 
         foot_body_ids=np.unique(model.geom_bodyid[foot_geoms]),
         camera_id=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME),
         robot_nq=robot_nq,
-        robot_nv=robot_nv,
         scene=None if scene is None else scene.finish(model),
     )

@@ -17,8 +17,11 @@ Actuation (how an action becomes torques):
         non-finite physics: the step is undone, reward 0, done 1, metrics["nonfinite"] 1
 
 Observation (size nq - 2 + nv), LocoMujoco's layout without the horizontal root position:
-    qpos[2:]  root height offset (m), root tilt/list/rotation hinges (rad), joint angles (rad)
-    qvel      root linear velocity (world frame, m/s), root hinge rates, joint velocities
+    qpos[2:]  root height offset (m), root tilt/list/rotation hinges (rad), joint angles (rad),
+              then a skill scene's free bodies (height, orientation) and their horizontal
+              position relative to the root
+    qvel      root linear velocity (world frame, m/s), root hinge rates, joint velocities (and
+              the scene's free bodies')
 
 `State.pipeline_state` is the backend's `PhysicsState`, so brax's `VmapWrapper`,
 `EpisodeWrapper`, `AutoResetWrapper` and its PPO/SAC trainers work unchanged.
@@ -95,11 +98,26 @@ class RobotEnv(Env):
         # skill scene's free bodies (after the robot's qpos) start where they are.
         nq = embodiment.nq
         self._noisy_qpos = np.setdiff1d(np.arange(embodiment.robot_nq), embodiment.root_qpos)
-        self._obs_qpos = np.setdiff1d(np.arange(nq), embodiment.root_xy_qpos)
+        # A skill scene's free bodies (the balance board and its sphere) are observed with
+        # their horizontal position relative to the robot's root, not in the world.
+        model = embodiment.mj_model
+        free = [model.jnt_qposadr[j] for j in range(model.njnt)
+                if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+        self._scene_xy_qpos = np.array([[a, a + 1] for a in free], int).reshape(-1, 2)
+        self._obs_qpos = np.setdiff1d(np.arange(nq), np.concatenate(
+            [embodiment.root_xy_qpos, self._scene_xy_qpos.ravel()]))
+        data = mujoco.MjData(model)
+        data.qpos[:] = embodiment.init_qpos
+        mujoco.mj_kinematics(model, data)
+        root_joint = np.flatnonzero(model.jnt_qposadr == embodiment.root_qpos[0])[0]
+        root_body = model.jnt_bodyid[root_joint]
+        # World xy of the root = its slides + this offset (the slides come first in its chain).
+        self._root_xy_offset = data.xpos[root_body, :2] - embodiment.init_qpos[
+            embodiment.root_xy_qpos]
 
     @property
     def observation_size(self) -> int:
-        return len(self._obs_qpos) + self.embodiment.nv
+        return len(self._obs_qpos) + self._scene_xy_qpos.size + self.embodiment.nv
 
     @property
     def action_size(self) -> int:
@@ -120,7 +138,10 @@ class RobotEnv(Env):
         return jnp.clip(torque / pd.gear, low, high)
 
     def observe(self, physics: backends.PhysicsState) -> jax.Array:
-        return jnp.concatenate([physics.qpos[self._obs_qpos], physics.qvel])
+        qpos = physics.qpos
+        root_xy = qpos[self.embodiment.root_xy_qpos] + self._root_xy_offset
+        scene_xy = (qpos[self._scene_xy_qpos] - root_xy).ravel()
+        return jnp.concatenate([qpos[self._obs_qpos], scene_xy.astype(qpos.dtype), physics.qvel])
 
     def reset(self, rng: jax.Array) -> State:
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is enabled

@@ -4,19 +4,20 @@
                              --compile--> SceneBuilder.finish --> Scene (what the tasks measure)
 
     sit      a chair behind the robot. Its seat top is where the thighs rest in the robot's
-             sitting key pose (feet where they stand, thighs level, shins upright) and its
+             sitting key pose (feet where they stand, thighs forward, shins down) and its
              backrest touches the back there, so the sitting root height `sit_height` fits
              each robot (H1: 0.67 m; HumanoidBench asks 0.68-0.72 m of its H1). The robot
              starts standing in front of it.
     hang     a horizontal bar at 2.8 m. Each hand (the top of its arm's last body in the hanging
-             key pose, arms raised) is held on the bar by a `connect` equality constraint, as
+             key pose, arms raised and straight, the body pitched so its centre of mass hangs
+             under the grips) is held on the bar by a `connect` equality constraint, as
              public humanoid benchmarks do; the robot starts hanging, feet off the ground.
     balance  a 0.3 x 1.1 m board (long side across the robot) resting on a free sphere of
              radius 0.17 m; the robot starts standing on the board's centre.
 
 Scene bodies are named "scene_*" (SCENE_PREFIX): they are simulated but are not part of the
 robot's body mask (`reward.renderer.body_geoms` leaves them out). Their free joints come after
-the robot's in qpos/qvel (`Embodiment.robot_nq`, `robot_nv`).
+the robot's in qpos/qvel (`Embodiment.robot_nq`).
 
 Contacts stay sparse (the robot keeps its foot-only contacts, see `embodiments`), with bits:
     1  feet (conaffinity 1) touch the floor and the board (contype 1)
@@ -60,10 +61,14 @@ class Limbs:
     thigh_bodies: tuple[str, str]  # the bodies between hip and knee
     torso_body: str  # leans on the backrest
     hand_bodies: tuple[str, str]  # the last body of each arm (with the bodies below it)
-    # Key poses (rad). Sitting: thighs forward and level, shins upright. Hanging: arms raised.
-    sit_hip: float = -1.5
-    sit_knee: float = 1.5
+    # Key poses (rad). Sitting: thighs forward, about level, shins down (ankles keep the feet
+    # flat); G1's links carry built-in rotations, so its thighs tilt ~5 deg up and its shins
+    # ~9 deg back. Hanging: arms raised, elbows straight (both robots' forearms stand at right
+    # angles to the upper arm at elbow 0).
+    sit_hip: float = -1.57
+    sit_knee: float = 1.57
     hang_shoulder: float = -2.8
+    hang_elbow: float = 1.57
 
 
 LIMBS = {
@@ -79,7 +84,8 @@ LIMBS = {
                 shoulder_pitch=("left_shoulder_pitch_joint", "right_shoulder_pitch_joint"),
                 elbow=("left_elbow_pitch_joint", "right_elbow_pitch_joint"),
                 thigh_bodies=("left_hip_yaw_link", "right_hip_yaw_link"),
-                torso_body="torso_link", hand_bodies=("left_elbow_roll_link", "right_elbow_roll_link")),
+                torso_body="torso_link",
+                hand_bodies=("left_elbow_roll_link", "right_elbow_roll_link")),
 }
 
 
@@ -89,6 +95,7 @@ class Scene:
 
     skill: str
     start_height: float  # root body height in the start pose
+    feet_supported: bool  # the start pose stands on something (the floor, the board): not hang
     key_qpos: np.ndarray  # (robot_nq,) the skill's key pose: sitting, hanging, standing on board
     # sit: seat top, seat x range, seat half width (centred on y = 0), sitting root height
     seat_top: float = np.nan
@@ -179,13 +186,24 @@ class SceneBuilder:
 
     def add(self, mj_spec: mujoco.MjSpec, model: mujoco.MjModel, home_qpos: np.ndarray,
             root: int, root_height_qpos: int, root_x_qpos: int, foot_geoms: np.ndarray,
-            floor) -> tuple[np.ndarray, np.ndarray]:
+            floor: mujoco.MjsGeom) -> tuple[np.ndarray, np.ndarray]:
         """Adds the scene to `mj_spec` (of the robot-only `model`). Returns the robot's start
         qpos (robot_nq,) and the scene's initial qpos (its free joints, appended)."""
         self._model, self._root = model, root
         self._height_qpos, self._x_qpos, self._feet = root_height_qpos, root_x_qpos, foot_geoms
         add = {"sit": self._add_chair, "hang": self._add_bar, "balance": self._add_board}
         return add[self.skill](mj_spec, home_qpos, floor)
+
+    def _root_pitch_qpos(self) -> int:
+        """qpos address of the root's hinge about the world y axis (LocoMujoco's tilt)."""
+        model = self._model
+        joints = range(model.body_jntadr[self._root],
+                       model.body_jntadr[self._root] + model.body_jntnum[self._root])
+        pitch = [j for j in joints if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE
+                 and abs(model.jnt_axis[j][1]) > 0.99]
+        if len(pitch) != 1:
+            raise ValueError("the robot's root needs one hinge about y (pitch) to hang at rest")
+        return int(model.jnt_qposadr[pitch[0]])
 
     def _root_z(self, qpos: np.ndarray) -> float:
         return float(_kinematics(self._model, qpos).xpos[self._root, 2])
@@ -229,8 +247,14 @@ class SceneBuilder:
             knees.append(data.xpos[knee_bodies[0]])
         hips, knees = np.array(hips), np.array(knees)
         thigh_length = float(np.mean(np.linalg.norm(knees - hips, axis=1)))
-        seat_top = float(hips[:, 2].min() - radius)
         hip_x = float(hips[:, 0].mean())
+        front_x = hip_x + SEAT_FRONT_FRACTION * thigh_length
+        # The seat top: the lowest point of the thigh capsules over the seat (a thigh sloping
+        # down toward the knee rests on the seat's front edge).
+        along = np.clip((front_x - hips[:, 0]) / (knees[:, 0] - hips[:, 0]), 0.0, 1.0)
+        seat_top = float(np.min(np.minimum(hips[:, 2], hips[:, 2] + along * (knees[:, 2]
+                                                                             - hips[:, 2])))
+                         - radius)
         # A capsule up the torso, as deep as its back, leans on the backrest; the backrest
         # touches it in the sitting pose (PD joints sag: without it the robot tips over).
         torso = model.body(limbs.torso_body).id
@@ -242,7 +266,7 @@ class SceneBuilder:
             size=[back_depth, 0, 0], fromto=[0, 0, back_depth, 0, 0, torso_top],
             contype=0, conaffinity=2, condim=3, group=3, mass=0, density=0)
         back_x = float(data.xpos[torso, 0] - back_depth)
-        seat_x = (back_x, hip_x + SEAT_FRONT_FRACTION * thigh_length)
+        seat_x = (back_x, front_x)
         half_width = float(np.abs(hips[:, 1]).max() + 2 * radius)
         centre_x = 0.5 * (seat_x[0] + seat_x[1])
         half_depth = 0.5 * (seat_x[1] - seat_x[0])
@@ -254,7 +278,7 @@ class SceneBuilder:
                        size=[0.02, half_width, 0.5 * BACKREST_HEIGHT],
                        pos=[back_x - 0.02 - centre_x, 0, seat_top + 0.5 * BACKREST_HEIGHT],
                        contype=2, conaffinity=0, condim=3, rgba=_CHAIR_RGBA)
-        self._info = dict(key_qpos=sit, seat_top=seat_top, seat_x=seat_x,
+        self._info = dict(key_qpos=sit, seat_top=seat_top, seat_x=seat_x, feet_supported=True,
                           seat_half_width=half_width, sit_height=self._root_z(sit),
                           start_height=self._root_z(home))
         return home, np.zeros(0)
@@ -264,14 +288,30 @@ class SceneBuilder:
     def _add_bar(self, mj_spec, home, floor_geom):
         model, limbs = self._model, self.limbs
         hang = set_joints(model, home, {**{j: limbs.hang_shoulder for j in limbs.shoulder_pitch},
-                                         **{j: 0.0 for j in limbs.elbow}})
-        data = _kinematics(model, hang)
+                                        **{j: limbs.hang_elbow for j in limbs.elbow}})
         hands = [model.body(name).id for name in limbs.hand_bodies]
-        grips = []
-        for hand in hands:  # the highest point of the raised arm's end
-            points = _visual_points(model, data, hand)
-            grips.append(points[np.argmax(points[:, 2])])
-        grips = np.array(grips)
+
+        def grips_and_com(qpos):
+            data = _kinematics(model, qpos)
+            mujoco.mj_comPos(model, data)
+            grips = []
+            for hand in hands:  # the highest point of the raised arm's end
+                points = _visual_points(model, data, hand)
+                grips.append(points[np.argmax(points[:, 2])])
+            return np.array(grips), data.subtree_com[self._root]
+
+        # Pitch the whole body (the root's pitch hinge) until its centre of mass hangs under
+        # the grips: the start pose is at rest, not a swing's top.
+        pitch = self._root_pitch_qpos()
+        offsets = np.linspace(-0.6, 0.6, 121)
+        errors = []
+        for offset in offsets:
+            tilted = hang.copy()
+            tilted[pitch] += offset
+            grips, com = grips_and_com(tilted)
+            errors.append(abs(com[0] - grips[:, 0].mean()))
+        hang[pitch] += offsets[int(np.argmin(errors))]
+        grips, _ = grips_and_com(hang)
         # Raise the robot so the grips' mean is on the bar axis; the bar passes through both.
         hang = hang.copy()
         hang[self._height_qpos] += BAR_HEIGHT - grips[:, 2].mean()
@@ -298,6 +338,7 @@ class SceneBuilder:
                                  name=f"{SCENE_PREFIX}grip_{name}",
                                  data=np.concatenate([anchor, np.zeros(mujoco.mjNEQDATA - 3)]))
         self._info = dict(key_qpos=hang, hand_body_ids=np.array(hands), hand_anchors=local,
+                          feet_supported=False,
                           bar_anchors=bar_anchors, start_height=self._root_z(hang))
         return hang, np.zeros(0)
 
@@ -321,7 +362,7 @@ class SceneBuilder:
                        contype=1, conaffinity=4, condim=3, density=600, rgba=_BOARD_RGBA)
         identity = [1.0, 0.0, 0.0, 0.0]
         scene_qpos = np.array([0, 0, PIVOT_RADIUS, *identity, 0, 0, board_z, *identity], float)
-        self._info = dict(key_qpos=stand, start_height=self._root_z(stand))
+        self._info = dict(key_qpos=stand, start_height=self._root_z(stand), feet_supported=True)
         return stand, scene_qpos
 
     def finish(self, model: mujoco.MjModel) -> Scene:

@@ -27,6 +27,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import mujoco
 import numpy as np
 from mujoco import mjx
 
@@ -101,7 +102,8 @@ def pose(embodiment: Embodiment, state: PhysicsState) -> Pose:
     feet = embodiment.foot_geom_ids
     # Feet are capsules along their z axis, or spheres (embodiments): the lowest point.
     radius = jnp.asarray(model.geom_size[feet, 0])
-    half_length = jnp.asarray(np.where(model.geom_type[feet] == 3, model.geom_size[feet, 1], 0))
+    capsule = model.geom_type[feet] == mujoco.mjtGeom.mjGEOM_CAPSULE
+    half_length = jnp.asarray(np.where(capsule, model.geom_size[feet, 1], 0))
     axis = data.geom_xmat[feet][:, :, 2]  # (F, 3)
     end = data.geom_xpos[feet] - jnp.sign(axis[:, 2:3] + 1e-12) * axis * half_length[:, None]
     sole_pos = end - jnp.array([0.0, 0.0, 1.0]) * radius[:, None]

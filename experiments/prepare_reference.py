@@ -81,15 +81,19 @@ def ingest(video: str, embodiment: str, out: str,
 
 
 def synthetic(embodiments: tuple[str, ...] = ("h1", "talos", "g1", "a1"),
-              out: str = "references",
+              skill: Optional[str] = None, out: str = "references",
               config: Annotated[synthetic_lib.SyntheticConfig, Flat] =
               synthetic_lib.SyntheticConfig(),
               ingest_config: Annotated[ingest_lib.IngestConfig, Flat] =
               ingest_lib.IngestConfig(segmenter="background")) -> None:
-    """Procedural walks: <out>/<name>_walk.mp4 and <out>/<name>_walk.npz with ground truth."""
+    """Procedural walks: <out>/<name>_walk.mp4 and <out>/<name>_walk.npz with ground truth.
+    --skill sit|hang|balance: that skill's key-pose motion in its scene instead
+    (<name>_<skill>.*; H1 and G1)."""
     for name in embodiments:
-        bundle, video = synthetic_lib.make(envs.load(name), out, config, ingest_config)
-        path = bundle_lib.save(bundle, pathlib.Path(out) / f"{name}_walk.npz")
+        body = envs.load(name, skill=skill)
+        bundle, video = synthetic_lib.make(body, out, config, ingest_config)
+        path = bundle_lib.save(bundle, pathlib.Path(out)
+                               / f"{name}_{synthetic_lib.motion_name(body)}.npz")
         print(f"{video}")
         _summary(bundle, path)
 

@@ -22,10 +22,10 @@ the number of environments N. Stages, each jitted and timed on the batch of N (m
 The sequential baseline, the way per-step re-implementations work: one environment in a Python
 loop; each control step runs C MuJoCo (n_substeps x mj_step under the same PD law), renders the
 mask (mujoco.Renderer segmentation) and the shaded frame (mujoco.Renderer; no shadows, floor
-reflection or skybox, as the references are drawn) at the same size,
-keeps the last 8 frames, runs Hugging Face's PyTorch TimesformerModel of the same config on them
-every k-th step (resized to the config's image size, as the checkpoint's processor does), and
-computes the IoU in NumPy. It has no learner: the ratios divide the program's env and training env steps/s by the
+reflection or skybox, as the references are drawn) at the same size, keeps the last 8 frames,
+runs Hugging Face's PyTorch TimesformerModel of the same config on them every k-th step (resized
+to the config's image size, as the checkpoint's processor does), and computes the IoU in NumPy.
+It has no learner: the ratios divide the program's env and training env steps/s by the
 baseline's env steps/s at the same encoder config and stride.
 
 Scaling (`--program-devices`): training env steps/s on d = 1, 2, 4, ... of the devices JAX sees

@@ -52,7 +52,8 @@ from nil_jax.references import bundle as bundle_lib
 from nil_jax.references import embed as embed_lib
 from nil_jax.references import ingest as ingest_lib
 from nil_jax.references import synthetic
-from nil_jax.references.errors import TooFewFramesError
+from nil_jax.references.errors import (EmbodimentMismatchError, ReferenceDataError,
+                                       TooFewFramesError)
 from nil_jax.reward import nil_reward, renderer, silhouettes, timesformer
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     embodiment: str = "h1"
-    skill: str = "walk"  # or a whole-body skill in its scene: sit, hang, balance (envs/scenes.py)
+    # "walk", or a whole-body skill in its scene: sit, hang, balance (envs/scenes.py); any other
+    # text names the skill of a --reference video (prompt, run name) on the plain floor
+    skill: str = "walk"
     # "nil": the NIL reward; "task": the skill's hand-written task reward (the RL upper bound
     # NIL is compared against; the NIL terms are still logged)
     reward_source: str = "nil"
@@ -113,6 +116,10 @@ def load_reference(config: TrainConfig, embodiment: Embodiment
     raw video ingested once (the bundle is cached under references_dir by the video's
     digest)."""
     if config.reference is None:
+        if config.skill != "walk" and embodiment.scene is None:
+            raise ReferenceDataError(
+                f"There is no synthetic reference of skill {config.skill!r} (only walk, "
+                f"{', '.join(envs.SKILLS)}); pass --reference (a bundle or a video).")
         made = synthetic.SyntheticConfig(
             seconds=synthetic.SyntheticConfig.seconds if embodiment.scene is None
             else synthetic.SKILL_SECONDS)
@@ -138,7 +145,13 @@ def load_reference(config: TrainConfig, embodiment: Embodiment
                            path, bundle_path)
             bundle_lib.save(ingest_lib.ingest(path, embodiment, ingest), bundle_path)
         path = bundle_path
-    return bundle_lib.load(path, embodiment=embodiment.name, nq=embodiment.nq), path
+    bundle = bundle_lib.load(path, embodiment=embodiment.name, nq=embodiment.nq)
+    if embodiment.scene is not None and bundle.metadata.get("skill") != embodiment.scene.skill:
+        raise EmbodimentMismatchError(
+            f"The reference {path} shows skill {bundle.metadata.get('skill')!r}; this run's "
+            f"scene is {embodiment.scene.skill!r}. Pass a reference of that skill, or none "
+            "(its synthetic one).")
+    return bundle, path
 
 
 def video_encoder(config: TrainConfig, bundle: bundle_lib.ReferenceBundle
@@ -181,16 +194,14 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
     """Everything a run needs, split over `devices` (default: every device JAX sees)."""
     mesh = parallel.data_mesh(devices)
     parallel.check_divisible(config.agent, mesh)
-    if config.skill not in envs.TASKS:
-        raise ValueError(f"Unknown skill {config.skill!r}; choose one of {sorted(envs.TASKS)}.")
     if config.reward_source not in REWARD_SOURCES:
         raise ValueError(f"Unknown reward source {config.reward_source!r}; choose one of "
                          f"{REWARD_SOURCES}.")
-    if config.reward_source == "task" and config.skill == "walk":
+    if config.reward_source == "task" and config.skill not in envs.SKILLS:
         raise ValueError("--reward-source task is the RL upper bound of a skill (sit, hang, "
                          "balance); pass --skill.")
-    skill = None if config.skill == "walk" else config.skill
-    embodiment = envs.embodiments.load(config.embodiment, skill=skill)
+    scene = config.skill if config.skill in envs.SKILLS else None
+    embodiment = envs.embodiments.load(config.embodiment, skill=scene)
     bundle, reference_path = load_reference(config, embodiment)
     if bundle.num_frames < nil_reward.CLIP_FRAMES + 1:
         raise TooFewFramesError(f"The reference has {bundle.num_frames} frames: at least "
@@ -208,7 +219,7 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
     reference = nil_reward.Reference(masks=jnp.asarray(resize_masks(bundle.masks, size)),
                                      embeddings=None if embeddings is None
                                      else jnp.asarray(embeddings))
-    robot = envs.make(config.embodiment, task=config.skill, backend=config.backend,
+    robot = envs.make(config.embodiment, task=scene or "walk", backend=config.backend,
                       actuation=config.actuation, pd_action_scale=config.pd_action_scale)
     env = NilEnv(robot, reference, sil, reward, encoder, observe_phase=config.observe_phase,
                  train_on_task_reward=config.reward_source == "task")

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 
-from nil_jax.envs.embodiments import Embodiment
+from nil_jax.envs.embodiments import Embodiment, geom_lowest_z
 
 TERMS = ("torques", "action_rate", "angular_velocity", "foot_slip", "torso_tilt")
 
@@ -67,7 +67,7 @@ class BodyIndices:
     root_body: int
     tilt_qvel: np.ndarray  # (2,) the root's roll and pitch hinge rates
     foot_bodies: np.ndarray  # (F,)
-    foot_home_height: np.ndarray  # (F,) body origin heights in the home pose
+    foot_home_height: np.ndarray  # (F,) body origin heights standing in the home pose
     torque_limit: np.ndarray  # (nu,)
     ctrl_low: np.ndarray
     ctrl_high: np.ndarray
@@ -86,9 +86,13 @@ class BodyIndices:
         data = mujoco.MjData(model)
         data.qpos[:] = embodiment.init_qpos
         mujoco.mj_kinematics(model, data)
+        foot_height = data.xpos[embodiment.foot_body_ids, 2].copy()
+        if embodiment.scene is not None and not embodiment.scene.feet_supported:
+            # Hanging: the feet start in the air; they touch down at the floor, not there.
+            foot_height -= min(geom_lowest_z(model, data, g) for g in embodiment.foot_geom_ids)
         return cls(root_body=int(model.jnt_bodyid[0]), tilt_qvel=np.asarray(tilt),
                    foot_bodies=np.asarray(embodiment.foot_body_ids),
-                   foot_home_height=data.xpos[embodiment.foot_body_ids, 2].copy(),
+                   foot_home_height=foot_height,
                    torque_limit=np.maximum(np.abs(embodiment.ctrl_low),
                                            np.abs(embodiment.ctrl_high)),
                    ctrl_low=embodiment.ctrl_low, ctrl_high=embodiment.ctrl_high,

@@ -204,8 +204,11 @@ def test_skill_runs_end_to_end(run, tmp_path, skill, source):
     assert "success_rate" in (run_dir / "metrics.json").read_text()
 
 
-def test_bad_skill_flags_fail_clearly(run, tmp_path):
-    with pytest.raises(SystemExit, match="Unknown --skill"):
-        run.main(["--skill", "juggle", "--runs-dir", str(tmp_path)])
+def test_bad_skill_flags_fail_clearly(run, h1_reference, tmp_path):
+    # Free text names a --reference video's skill; without one there is nothing to imitate.
+    with pytest.raises(SystemExit, match="no synthetic reference of skill 'juggling'"):
+        run.main(["--skill", "juggling", "--runs-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="shows skill 'walking'; this run's scene is 'sit'"):
+        run.main([*tiny_args(h1_reference, tmp_path), "--skill", "sit"])
     with pytest.raises(SystemExit, match="with --skill sit"):
         run.main(["--reward-source", "task", "--runs-dir", str(tmp_path)])
