@@ -295,6 +295,19 @@ def geom_lowest_z(model: mujoco.MjModel, data: mujoco.MjData, geom: int) -> floa
     raise ValueError(f"Unsupported foot geom type {kind}.")
 
 
+def feet_at(model: mujoco.MjModel, qpos: np.ndarray, height_qpos: int, foot_geoms,
+            height: float) -> np.ndarray:
+    """A copy of the poses `qpos` (T, nq), each raised or lowered (its root's vertical slide at
+    `height_qpos`) so that its lowest foot geom touches `height`."""
+    qpos = np.array(qpos, float)
+    data = mujoco.MjData(model)
+    for q in qpos:
+        data.qpos[:] = q
+        mujoco.mj_kinematics(model, data)
+        q[height_qpos] += height - min(geom_lowest_z(model, data, g) for g in foot_geoms)
+    return qpos
+
+
 def _add_tracking_camera(mj_spec: mujoco.MjSpec, model: mujoco.MjModel, root: int,
                          home_qpos: np.ndarray) -> None:
     """A side camera (on -y, looking along +y, +z up) that keeps the whole robot in view.
@@ -367,11 +380,7 @@ def build(spec: EmbodimentSpec, scene: Optional[scenes.SceneBuilder] = None) -> 
         qpos[model.joint(joint).qposadr[0]] = value
 
     foot_geoms = np.array([g for g in range(model.ngeom) if model.geom_conaffinity[g]])
-    data = mujoco.MjData(model)
-    data.qpos[:] = qpos
-    mujoco.mj_kinematics(model, data)
-    lowest = min(geom_lowest_z(model, data, g) for g in foot_geoms)
-    qpos[model.jnt_qposadr[vertical[0]]] -= lowest
+    qpos = feet_at(model, qpos[None], int(model.jnt_qposadr[vertical[0]]), foot_geoms, 0.0)[0]
 
     _add_tracking_camera(mj_spec, model, root, qpos)
     robot_nq = model.nq

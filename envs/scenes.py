@@ -136,11 +136,6 @@ def set_joints(model: mujoco.MjModel, qpos: np.ndarray, values: dict[str, float]
     return qpos
 
 
-def _lowest_foot(model: mujoco.MjModel, data: mujoco.MjData, foot_geoms) -> float:
-    from nil_jax.envs.embodiments import geom_lowest_z  # noqa: PLC0415 (embodiments imports us)
-    return min(geom_lowest_z(model, data, g) for g in foot_geoms)
-
-
 def _feet_x(model: mujoco.MjModel, data: mujoco.MjData, foot_geoms) -> float:
     return float(np.mean(data.geom_xpos[list(foot_geoms), 0]))
 
@@ -210,11 +205,8 @@ class SceneBuilder:
 
     def _on_height(self, qpos: np.ndarray, height: float) -> np.ndarray:
         """`qpos` raised or lowered so that the lowest foot touches `height`."""
-        qpos = qpos.copy()
-        qpos[self._height_qpos] += height - _lowest_foot(self._model,
-                                                         _kinematics(self._model, qpos),
-                                                         self._feet)
-        return qpos
+        from nil_jax.envs.embodiments import feet_at  # noqa: PLC0415 (embodiments imports us)
+        return feet_at(self._model, qpos[None], self._height_qpos, self._feet, height)[0]
 
     # --- sit ------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ import mujoco
 import numpy as np
 
 from nil_jax.envs import scenes
-from nil_jax.envs.embodiments import Embodiment, geom_lowest_z
+from nil_jax.envs.embodiments import Embodiment, feet_at
 from nil_jax.references import ingest as ingest_lib
 from nil_jax.references import sim_frames
 from nil_jax.references import bundle as bundle_lib
@@ -162,15 +162,9 @@ def walking_qpos(embodiment: Embodiment, times: np.ndarray) -> np.ndarray:
 
 
 def _feet_on(embodiment: Embodiment, qpos: np.ndarray, height: float) -> np.ndarray:
-    """`qpos` (T, nq) with each pose raised or lowered so that its lowest foot is at `height`."""
-    model = embodiment.mj_model
-    data = mujoco.MjData(model)
-    for q in qpos:
-        data.qpos[:] = q
-        mujoco.mj_kinematics(model, data)
-        q[embodiment.root_height_qpos] += height - min(
-            geom_lowest_z(model, data, g) for g in embodiment.foot_geom_ids)
-    return qpos
+    """`qpos` (T, nq) with each pose's lowest foot at `height`."""
+    return feet_at(embodiment.mj_model, qpos, embodiment.root_height_qpos,
+                   embodiment.foot_geom_ids, height)
 
 
 SKILL_SETTLE_SECONDS = 0.3  # the start pose (e0) is held this long
