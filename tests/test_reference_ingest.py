@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from nil_jax import envs
+from nil_jax.envs.embodiments import geom_lowest_z
 from nil_jax.references import bundle as bundle_lib
 from nil_jax.references import ingest as ingest_lib
 from nil_jax.references import sim_frames, synthetic
@@ -119,7 +120,7 @@ def test_gaits_stay_in_joint_ranges(name):
     for q in qpos[::20]:  # the lowest foot touches the floor
         data.qpos[:] = q
         mujoco.mj_kinematics(model, data)
-        low = min(synthetic.geom_lowest_z(model, data, g) for g in body.foot_geom_ids)
+        low = min(geom_lowest_z(model, data, g) for g in body.foot_geom_ids)
         assert abs(low) < 1e-6
 
 
