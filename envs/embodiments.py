@@ -141,6 +141,7 @@ class Embodiment:
     init_qpos: np.ndarray  # (nq,) home pose: feet on the floor, or a skill scene's start pose
     ctrl_low: np.ndarray  # (nu,) actuator ctrlrange; actions in [-1, 1] map onto it
     ctrl_high: np.ndarray
+    root_body: int  # the body the root joints move (pelvis, trunk)
     root_qpos: np.ndarray  # (6,) the root body's joints: x, y, z slides and three hinges
     root_xy_qpos: np.ndarray  # (2,) horizontal root slides, left out of observations
     root_height_qpos: int
@@ -411,6 +412,8 @@ def build(spec: EmbodimentSpec, scene: Optional[scenes.SceneBuilder] = None) -> 
         init_qpos=qpos,
         ctrl_low=model.actuator_ctrlrange[:, 0].copy(),
         ctrl_high=model.actuator_ctrlrange[:, 1].copy(),
+        # Scene bodies come after the robot's in the tree, so the robot's ids do not move.
+        root_body=int(model.jnt_bodyid[root_joints[0]]),
         root_qpos=np.array([model.jnt_qposadr[j] for j in root_joints]),
         root_xy_qpos=np.array([model.jnt_qposadr[j] for j in horizontal]),
         root_height_qpos=int(model.jnt_qposadr[vertical[0]]),

@@ -109,10 +109,8 @@ class RobotEnv(Env):
         data = mujoco.MjData(model)
         data.qpos[:] = embodiment.init_qpos
         mujoco.mj_kinematics(model, data)
-        root_joint = np.flatnonzero(model.jnt_qposadr == embodiment.root_qpos[0])[0]
-        root_body = model.jnt_bodyid[root_joint]
         # World xy of the root = its slides + this offset (the slides come first in its chain).
-        self._root_xy_offset = data.xpos[root_body, :2] - embodiment.init_qpos[
+        self._root_xy_offset = data.xpos[embodiment.root_body, :2] - embodiment.init_qpos[
             embodiment.root_xy_qpos]
 
     @property

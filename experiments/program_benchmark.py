@@ -6,7 +6,8 @@ The program: H1 imitating a short synthetic walk (made once, in a temporary fold
 `encoder:k:N`, sets the TimeSformer config (random weights: speed does not depend on them;
 `none` is the IoU stream alone), the stride k (the encoder runs every k-th control step) and
 the number of environments N. Stages, each jitted and timed on the batch of N (medians over
-`--agent-rounds` rounds):
+`--agent-rounds` rounds; the env and training stages time jitted chunks of 10 iterations,
+rounded up to a multiple of k so that every call runs the encoder equally often):
 
     physics   RobotEnv.step of N robots: PD law, physics backend, task reward     env steps/s
     render    silhouettes.render of N poses: MJX kinematics + ray casting            frames/s
@@ -65,7 +66,14 @@ from nil_jax.references import ingest as ingest_lib
 from nil_jax.references import synthetic
 from nil_jax.reward import nil_reward, silhouettes
 
-ITERATIONS = 10  # training iterations per timed call (one jitted chunk)
+ITERATIONS = 10  # training iterations per timed call (one jitted chunk), at least
+
+
+def iterations_per_call(stride: int) -> int:
+    """ITERATIONS rounded up to a multiple of the stride k, so that every timed call runs the
+    encoder equally often. With 10 iterations and k = 8, one call in four ran it twice and three
+    once, and the median over rounds took a once-call: 1.25x too fast an env."""
+    return stride * -(-ITERATIONS // stride)
 
 
 def make_reference(embodiment: str, folder: pathlib.Path) -> pathlib.Path:
@@ -89,7 +97,7 @@ def program_config(args, reference: pathlib.Path, encoder: str, stride: int, num
         encoder_dtype=dtype, render_size=args.program_size,
         reward=nil_reward.RewardConfig(video_stride=stride,
                                        video_weight=0.0 if encoder == "none" else 1.0),
-        agent=agent, chunk_iterations=ITERATIONS)
+        agent=agent, chunk_iterations=iterations_per_call(stride))
 
 
 def rate(run, per_call: float, rounds: int, target_seconds: float) -> float:
@@ -101,7 +109,7 @@ def rate(run, per_call: float, rounds: int, target_seconds: float) -> float:
 
 def compiled_chunk(setup: training.Setup):
     """(the jitted chunk compiled ahead of time, a fresh state, compile seconds)."""
-    chunk = training.chunk_function(setup, ITERATIONS)
+    chunk = training.chunk_function(setup, setup.config.chunk_iterations)
     state = parallel.init(setup.learner, jax.random.PRNGKey(0), setup.shardings)
     start = time.perf_counter()
     compiled = chunk.lower(state).compile()
@@ -130,15 +138,16 @@ def measure_stages(setup: training.Setup, rounds: int, target_seconds: float) ->
     """Rates of every stage and of the whole iteration on one setup (see the module doc)."""
     env, learner = setup.env, setup.learner
     n = learner.config.num_envs
+    per_call = n * setup.config.chunk_iterations
     key = jax.random.PRNGKey(0)
     out = {}
 
     # The whole iteration, first in its warm-up (env only), then learning.
     compiled, state, out["compile_s"] = compiled_chunk(setup)
     chunk = Repeat(compiled, at_step(setup, state, -10 ** 9))  # the warm-up: envs only
-    out["env_steps_per_s"] = rate(chunk, n * ITERATIONS, rounds, target_seconds)
+    out["env_steps_per_s"] = rate(chunk, per_call, rounds, target_seconds)
     chunk.carry = at_step(setup, chunk.carry, 10 ** 6)  # learning
-    out["training_env_steps_per_s"] = rate(chunk, n * ITERATIONS, rounds, target_seconds)
+    out["training_env_steps_per_s"] = rate(chunk, per_call, rounds, target_seconds)
     trained = chunk.carry
 
     robot = env.robot
@@ -280,7 +289,8 @@ def measure_scaling(args, reference: pathlib.Path) -> list[dict]:
         chunk.carry = at_step(setup, chunk.carry, 10 ** 6)
         n = setup.learner.config.num_envs
         record = dict(devices=count, num_envs=n, compile_s=compile_s,
-                      training_env_steps_per_s=rate(chunk, n * ITERATIONS, args.agent_rounds,
+                      training_env_steps_per_s=rate(chunk, n * setup.config.chunk_iterations,
+                                                    args.agent_rounds,
                                                     args.target_seconds))
         results.append(record)
         print(f"scaling d={count} N={n}: {record['training_env_steps_per_s']:,.0f} training "
@@ -348,6 +358,7 @@ def run_program(args, machine: dict) -> tuple[dict, str]:
                 setup = training.build(program_config(args, reference, encoder, stride,
                                                       num_envs, dtype))
                 record = dict(encoder=encoder, dtype=dtype, stride=stride, num_envs=num_envs,
+                              iterations_per_call=setup.config.chunk_iterations,
                               **measure_stages(setup, args.agent_rounds, args.target_seconds))
                 if encoder in args.program_baseline and dtype == "float32":
                     if (encoder, stride) not in baselines:
@@ -365,7 +376,7 @@ def run_program(args, machine: dict) -> tuple[dict, str]:
                   backend=envs.make(args.program_embodiment, backend=args.agent_backend).backend,
                   size=args.program_size,
                   updates_per_step=config.updates_per_step, batch_size=config.batch_size,
-                  iterations_per_call=ITERATIONS, results=results, scaling=scaling)
+                  results=results, scaling=scaling)
     return record, markdown_table(record)
 
 

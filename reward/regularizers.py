@@ -77,7 +77,7 @@ class BodyIndices:
     def of(cls, embodiment: Embodiment) -> "BodyIndices":
         model = embodiment.mj_model
         hinges = [int(j) for j in range(model.njnt)
-                  if model.jnt_bodyid[j] == model.jnt_bodyid[0]
+                  if model.jnt_bodyid[j] == embodiment.root_body
                   and model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE]
         tilt = [model.jnt_dofadr[j] for j in hinges if abs(model.jnt_axis[j][2]) < 0.5]
         if len(tilt) != 2:
@@ -90,7 +90,7 @@ class BodyIndices:
         if embodiment.scene is not None and not embodiment.scene.feet_supported:
             # Hanging: the feet start in the air; they touch down at the floor, not there.
             foot_height -= min(geom_lowest_z(model, data, g) for g in embodiment.foot_geom_ids)
-        return cls(root_body=int(model.jnt_bodyid[0]), tilt_qvel=np.asarray(tilt),
+        return cls(root_body=embodiment.root_body, tilt_qvel=np.asarray(tilt),
                    foot_bodies=np.asarray(embodiment.foot_body_ids),
                    foot_home_height=foot_height,
                    torque_limit=np.maximum(np.abs(embodiment.ctrl_low),

@@ -80,7 +80,7 @@ def random_poses(embodiment: Embodiment, count: int, seed: int = 0,
     model, rng = embodiment.mj_model, np.random.default_rng(seed)
     qpos = np.tile(embodiment.init_qpos, (count, 1))
     for j in range(model.njnt):
-        if model.jnt_limited[j] and model.jnt_bodyid[j] != model.jnt_bodyid[0]:
+        if model.jnt_limited[j] and model.jnt_bodyid[j] != embodiment.root_body:
             qpos[:, model.jnt_qposadr[j]] = rng.uniform(*model.jnt_range[j], size=count)
     if root_turn > 0:  # drawn after the joints: the joints are the same with or without it
         qpos[:, embodiment.root_qpos[3:]] += rng.uniform(-root_turn, root_turn, (count, 3))

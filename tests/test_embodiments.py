@@ -79,7 +79,8 @@ def test_camera_tracks_the_center_of_mass():
     model, data = emb.mj_model, mujoco.MjData(emb.mj_model)
     data.qpos[:] = emb.init_qpos
     mujoco.mj_forward(model, data)
-    root = model.jnt_bodyid[0]
+    root = emb.root_body
+    assert model.body(root).name == "pelvis"
     offset = data.cam_xpos[emb.camera_id] - data.subtree_com[root]
     data.qpos[emb.root_xy_qpos[0]] += 3.0  # walk 3 m forward and bend a knee
     data.qpos[model.joint("knee_angle_l").qposadr[0]] = 1.0

@@ -41,6 +41,7 @@ def test_program_suite_measures_every_stage_and_the_baseline(bench):
         assert np.isfinite(result[name]) and result[name] > 0, name
     assert 0 < result["encoder_share"]
     assert (result["encoder"], result["stride"], result["num_envs"]) == ("tiny", 2, 2)
+    assert result["iterations_per_call"] == 10
     assert "| tiny | 2 | 2 |" in table and "x |" in table
     assert record["scaling"] == []
 
@@ -52,3 +53,10 @@ def test_cases_are_read_and_checked(bench):
         parse("tiny:64")
     with pytest.raises(ValueError, match="one of none"):
         parse("huge:1:4")
+
+
+def test_every_timed_call_runs_the_encoder_equally_often(bench):
+    per_call = bench.program_benchmark.iterations_per_call
+    assert [per_call(k) for k in (1, 2, 3, 4, 8, 16)] == [10, 10, 12, 12, 16, 16]
+    for k in range(1, 20):
+        assert per_call(k) % k == 0 and per_call(k) >= bench.program_benchmark.ITERATIONS

@@ -72,6 +72,7 @@ def test_scene_loads_and_stays_out_of_the_mask(name, skill):
     assert scene.scene.skill == skill and scene.robot_nq == plain.nq
     assert scene.nq == plain.nq + (14 if skill == "balance" else 0)  # board + pivot free joints
     assert scene.nu == plain.nu
+    assert model.body(scene.root_body).name == plain.mj_model.body(plain.root_body).name == "pelvis"
     scene_bodies = [b for b in range(model.nbody) if scenes.is_scene_body(model, b)]
     assert scene_bodies and all(model.body(b).name.startswith("scene_") for b in scene_bodies)
     names = lambda m: sorted(m.geom(g).name for g in renderer.body_geoms(m))  # noqa: E731
