@@ -176,6 +176,14 @@ class Embodiment:
         return self.mj_model.nu
 
 
+def angle_qpos(embodiment: Embodiment) -> np.ndarray:
+    """qpos indices of every angle of the robot: the root's three rotations and the joints (not
+    the slides, nor a skill scene's free bodies). The pose error of the evaluation and the pose
+    reward (`reward.sources`) average over these."""
+    slides = [*embodiment.root_xy_qpos, embodiment.root_height_qpos]
+    return np.setdiff1d(np.arange(embodiment.robot_nq), slides)
+
+
 def _name(model: mujoco.MjModel, obj: mujoco.mjtObj, idx: int) -> str:
     return mujoco.mj_id2name(model, obj, idx) or f"#{idx}"
 

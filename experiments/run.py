@@ -8,8 +8,10 @@ Trains a NIL policy to imitate a reference video and evaluates it, all in one ru
         references), or none (the embodiment's synthetic walk, made once and cached)
     --skill sit|hang|balance: the robot in that skill's scene (chair, bar, balance board),
         a synthetic key-pose reference of the skill, and its success rate and normalized task
-        reward in the evaluation; --reward-source task trains the RL upper bound on the
-        skill's hand-written task reward instead of NIL's, for comparison
+        reward in the evaluation
+    --reward-source: what the policy trains on (reward/sources.py): nil (NIL's reward), task
+        (the env's walk or skill reward: the RL upper bound) or pose (tracking the reference's
+        ground-truth poses: the mocap oracle), for comparison
     training.build -> training.train (jitted chunks; Ctrl-C checkpoints first)
         -> training.evaluate (the policy, zero-action and random actions, same resets)
 
@@ -53,6 +55,7 @@ from nil_jax.envs import assets  # noqa: E402
 from nil_jax.agents import bro  # noqa: E402
 from nil_jax.io_utils import write_json  # noqa: E402
 from nil_jax.references.errors import ReferenceDataError  # noqa: E402
+from nil_jax.reward import sources  # noqa: E402
 from nil_jax.reward.timesformer_weights import TimesformerWeightsError  # noqa: E402
 from nil_jax import reports  # noqa: E402
 
@@ -140,15 +143,15 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
         stored = stored.get("config", stored)  # an earlier run's config.json works as is
         default = from_dict(RunConfig, deep_merge(dataclasses.asdict(default),
                                                   without_run_control(stored)))
+        try:  # tyro checks the flag's value against the Literal, not a file's
+            sources.check(default.reward_source)
+        except ValueError as e:
+            raise SystemExit(f"{path}: {e}") from e
     config = tyro.cli(RunConfig, default=default, args=rest,
                       description=__doc__.split("\n")[0])
     if config.embodiment not in envs.EMBODIMENTS:
         raise SystemExit(f"Unknown --embodiment {config.embodiment!r}; "
                          f"choose one of {sorted(envs.EMBODIMENTS)}.")
-    if config.reward_source not in training.REWARD_SOURCES or (
-            config.reward_source == "task" and config.skill not in envs.SKILLS):
-        raise SystemExit(f"--reward-source {config.reward_source!r}: 'nil', or 'task' (the RL "
-                         "upper bound) with --skill sit|hang|balance.")
     return known.preset, config
 
 
@@ -169,8 +172,8 @@ def run_folder(preset: str, config: RunConfig) -> tuple[pathlib.Path, str, RunCo
     with the changeable flags applied and what the first run decided itself (physics backend,
     video stream on or off) pinned, so that the state restores into the same layout."""
     runs = pathlib.Path(config.runs_dir)
-    upper_bound = "-task-reward" if config.reward_source == "task" else ""
-    prefix = f"{config.embodiment}-{config.skill}{upper_bound}-{preset}-"
+    source = f"-{config.reward_source}-reward" if config.reward_source != "nil" else ""
+    prefix = f"{config.embodiment}-{config.skill}{source}-{preset}-"
     if not config.resume:
         name = config.run_name or prefix + time.strftime("%Y%m%d-%H%M%S")
         folder = runs / name

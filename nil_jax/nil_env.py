@@ -21,9 +21,11 @@ so that step t always has a reference frame t). A non-finite reward (a diverged 
 replaced by 0, counted in `metrics["nonfinite_reward"]`, and ends the episode.
 
 The environment's own task reward (LocoMujoco's walk reward, or a skill's task reward) is kept
-as `metrics["reward/env"]` for evaluation; it is never part of the NIL reward. With
-`train_on_task_reward` it is the reward instead (the RL upper bound of a skill), and the NIL
-terms are only logged.
+as `metrics["reward/env"]` for evaluation; it is never part of the NIL reward. Given the
+reference's ground-truth poses (`pose_reference` (T, nq)), the pose-tracking reward of step t
+against pose t is kept as `metrics["reward/pose"]`. `reward_source` (`reward.sources`) picks
+the reward trained on: "nil", "task" (`reward/env`) or "pose" (`reward/pose`); the others are
+only logged.
 """
 
 from __future__ import annotations
@@ -35,15 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 from brax.envs.base import Env, State
 
+from nil_jax.envs.embodiments import angle_qpos
 from nil_jax.envs.robot_env import RobotEnv
-from nil_jax.reward import nil_reward, regularizers, renderer, silhouettes
+from nil_jax.reward import nil_reward, regularizers, renderer, silhouettes, sources
 
 
 class NilEnv(Env):
     def __init__(self, robot: RobotEnv, reference: nil_reward.Reference,
                  silhouette: silhouettes.Silhouettes, config: nil_reward.RewardConfig,
                  encoder: Optional[nil_reward.VideoEncoder] = None, observe_phase: bool = False,
-                 train_on_task_reward: bool = False):
+                 reward_source: sources.RewardSource = "nil",
+                 pose_reference: Optional[jax.Array] = None):
         spec = silhouette.spec
         if reference.masks.shape[1:] != (spec.height, spec.width):
             raise ValueError(f"reference masks are {reference.masks.shape[1:]}, the renderer draws "
@@ -51,13 +55,21 @@ class NilEnv(Env):
         if reference.length < nil_reward.CLIP_FRAMES:
             raise ValueError(f"the reference has {reference.length} frames, fewer than one "
                              f"{nil_reward.CLIP_FRAMES}-frame clip")
+        sources.check(reward_source)
+        sources.check_ground_truth(reward_source, pose_reference, "this NilEnv's reference")
+        if pose_reference is not None and pose_reference.shape != (reference.length,
+                                                                   robot.embodiment.nq):
+            raise ValueError(f"pose_reference is {pose_reference.shape}, not (reference length, "
+                             f"nq) = {(reference.length, robot.embodiment.nq)}")
         self.robot = robot
         self.reference = reference
         self.silhouette = silhouette
         self.config = config
         self.encoder = encoder
         self.observe_phase = observe_phase
-        self.train_on_task_reward = train_on_task_reward
+        self.reward_source = reward_source
+        self.pose_reference = pose_reference
+        self.angles = angle_qpos(robot.embodiment)
         self.indices = regularizers.BodyIndices.of(robot.embodiment)
         self.home_frame, self.home_mask = self._home_frame()
 
@@ -115,6 +127,8 @@ class NilEnv(Env):
 
     def metric_names(self) -> tuple[str, ...]:
         names = ["reward/env", "reward/iou", "nonfinite_reward"]
+        if self.pose_reference is not None:
+            names.append("reward/pose")
         if self.config.video_weight > 0:
             names.append("reward/video")
         names += [f"penalty/{t}" for t in regularizers.TERMS
@@ -142,9 +156,14 @@ class NilEnv(Env):
             self.config.regularizers, self.indices, action=action,
             previous_action=info["previous_action"], qvel=physics.qvel, xpos=xpos,
             previous_xpos=info["xpos"], xmat=xmat))
-        reward = nil_reward.combine(self.config, terms).astype(dtype)
-        if self.train_on_task_reward:
-            reward = next_state.reward
+        rewards = {"nil": nil_reward.combine(self.config, terms).astype(dtype),
+                   "task": next_state.reward}
+        if self.pose_reference is not None:
+            target = self.pose_reference[nil_reward.reference_index(self.reference, t)]
+            terms["reward/pose"] = sources.pose_reward(physics.qpos, target,
+                                                       self.angles).astype(dtype)
+            rewards["pose"] = terms["reward/pose"]
+        reward = rewards[self.reward_source]
         finite = jnp.isfinite(reward)
         metrics = dict(next_state.metrics)
         metrics.update({k: jnp.where(finite, v, 0.0).astype(dtype) for k, v in terms.items()

@@ -23,16 +23,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nil_jax.io_utils import write_bytes  # noqa: E402
-from nil_jax.reward import regularizers  # noqa: E402
+from nil_jax.reward import regularizers, sources  # noqa: E402
 from nil_jax.video import render_trajectory, resize_frames, write_video  # noqa: E402
 
 # The curves of reward_curves.png: (title, CSV columns), columns absent from a run are skipped.
 PANELS = (
-    ("NIL reward per step", ("env_reward",)),
+    ("reward trained on, per step", ("env_reward",)),
     ("reward streams", ("env/reward/iou", "env/reward/video")),
     ("penalties", ("env/penalty/total",) + tuple(f"env/penalty/{t}" for t in regularizers.TERMS)),
     ("episodes", ("episode_length",)),
-    ("walk reward per step (not trained on)", ("env/reward/env",)),
+    ("env's task reward per step", ("env/reward/env",)),
+    (f"pose tracking, exp(-mean |q - q*| / {sources.POSE_SCALE})", ("env/reward/pose",)),
     ("critic loss", ("critic_loss",)),
 )
 

@@ -54,7 +54,7 @@ from nil_jax.references import ingest as ingest_lib
 from nil_jax.references import synthetic
 from nil_jax.references.errors import (EmbodimentMismatchError, ReferenceDataError,
                                        TooFewFramesError)
-from nil_jax.reward import nil_reward, renderer, silhouettes, timesformer
+from nil_jax.reward import nil_reward, renderer, silhouettes, sources, timesformer
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,9 @@ class TrainConfig:
     # "walk", or a whole-body skill in its scene: sit, hang, balance (envs/scenes.py); any other
     # text names the skill of a --reference video (prompt, run name) on the plain floor
     skill: str = "walk"
-    # "nil": the NIL reward; "task": the skill's hand-written task reward (the RL upper bound
-    # NIL is compared against; the NIL terms are still logged)
-    reward_source: str = "nil"
+    # What the policy is trained on (reward/sources.py): "nil" the NIL reward, "task" the env's
+    # reward (the RL upper bound), "pose" tracking the reference's ground-truth poses (oracle)
+    reward_source: sources.RewardSource = "nil"
     backend: Optional[str] = None  # None: cpu when JAX runs on the CPU, else mjx
     actuation: str = "torque"  # "torque" (the model's motors) or "pd" (joint targets), robot_env
     pd_action_scale: float = 1.0  # rad of target offset from the home pose per unit of action
@@ -106,7 +106,6 @@ class Setup:
     shardings: bro.LearnerState  # where each leaf of the learner's state lives
 
 
-REWARD_SOURCES = ("nil", "task")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif")
 
 
@@ -131,6 +130,8 @@ def load_reference(config: TrainConfig, embodiment: Embodiment
             f"Reference {path} does not exist. Pass a bundle made by "
             "`experiments/prepare_reference.py ingest`, or a video of the robot.")
     if path.suffix.lower() in VIDEO_SUFFIXES:
+        # A video's bundle has no ground-truth poses: said before the (slow) ingest.
+        sources.check_ground_truth(config.reward_source, None, str(path))
         ingest = dataclasses.replace(
             config.ingest, skill=config.skill, encoder_checkpoint=config.encoder_checkpoint,
             encoder=config.encoder if config.encoder != "random" else "none")
@@ -192,23 +193,23 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
 
 def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -> Setup:
     """Everything a run needs, split over `devices` (default: every device JAX sees)."""
+    sources.check(config.reward_source)
     mesh = parallel.data_mesh(devices)
     parallel.check_divisible(config.agent, mesh)
-    if config.reward_source not in REWARD_SOURCES:
-        raise ValueError(f"Unknown reward source {config.reward_source!r}; choose one of "
-                         f"{REWARD_SOURCES}.")
-    if config.reward_source == "task" and config.skill not in envs.SKILLS:
-        raise ValueError("--reward-source task is the RL upper bound of a skill (sit, hang, "
-                         "balance); pass --skill.")
     scene = config.skill if config.skill in envs.SKILLS else None
     embodiment = envs.embodiments.load(config.embodiment, skill=scene)
     bundle, reference_path = load_reference(config, embodiment)
+    sources.check_ground_truth(config.reward_source, bundle.ground_truth_qpos,
+                               str(reference_path))
     if bundle.num_frames < nil_reward.CLIP_FRAMES + 1:
         raise TooFewFramesError(f"The reference has {bundle.num_frames} frames: at least "
                          f"{nil_reward.CLIP_FRAMES + 1} are needed (one clip and one step).")
     encoder, embeddings, notes = video_encoder(config, bundle)
     if config.reward_source == "task":
         notes.append(f"RL upper bound: trained on the {config.skill} task reward, not NIL's")
+    if config.reward_source == "pose":
+        notes.append("Pose-tracking oracle: trained on the reference's ground-truth poses, "
+                     "not NIL's reward")
     reward = config.reward
     if encoder is None and reward.video_weight > 0:
         reward = dataclasses.replace(reward, video_weight=0.0)
@@ -221,8 +222,10 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
                                      else jnp.asarray(embeddings))
     robot = envs.make(config.embodiment, task=scene or "walk", backend=config.backend,
                       actuation=config.actuation, pd_action_scale=config.pd_action_scale)
+    truth = bundle.ground_truth_qpos
     env = NilEnv(robot, reference, sil, reward, encoder, observe_phase=config.observe_phase,
-                 train_on_task_reward=config.reward_source == "task")
+                 reward_source=config.reward_source,
+                 pose_reference=None if truth is None else jnp.asarray(truth, jnp.float32))
     agent = dataclasses.replace(config.agent, episode_length=bundle.num_frames - 1)
     learner = bro.Bro(env, agent, batched=True, batch_sharding=parallel.batch_sharding(mesh))
     return Setup(config, embodiment, bundle, env, learner, reward, str(reference_path),
@@ -439,13 +442,6 @@ def evaluation_function(setup: Setup, num_episodes: int):
     return jax.jit(run, out_shardings=parallel.replicated(setup.mesh))
 
 
-def hinge_qpos(embodiment: Embodiment) -> np.ndarray:
-    """qpos indices of every angle of the robot: the root's three rotations and the joints (not
-    the slides, nor a skill scene's free bodies)."""
-    slides = [*embodiment.root_xy_qpos, embodiment.root_height_qpos]
-    return np.setdiff1d(np.arange(embodiment.robot_nq), slides)
-
-
 def after_falls_held(records: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Records (T, E) where every step after an episode's first fall shows the fallen state:
     the episode ends there, as in training, and the robot stays down for the rest of the
@@ -481,7 +477,7 @@ def summarize(setup: Setup, records: dict[str, np.ndarray]) -> dict[str, float]:
         metrics["normalized_task_reward"] = float((env_return / length).mean())
     truth = setup.bundle.ground_truth_qpos
     if truth is not None:
-        angles = hinge_qpos(setup.embodiment)
+        angles = envs.embodiments.angle_qpos(setup.embodiment)
         error = np.abs(held["qpos"][..., angles] - truth[1:length + 1, None, angles])
         metrics["pose_error_rad"] = float(error.mean())
     return metrics

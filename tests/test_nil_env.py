@@ -1,5 +1,7 @@
 """The NIL environment: physics -> renderer -> clip buffer -> NIL reward, batched, with BRO."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,10 +33,20 @@ def nil(tiny_video_encoder):
     z_ref = jax.jit(lambda c: nil_reward.embed_clips(encoder, c))(clips)
     reference = nil_reward.Reference(masks=frames["mask"], embeddings=z_ref)
     config = nil_reward.RewardConfig(video_stride=2)
-    env = NilEnv(robot, reference, sil, config, encoder, observe_phase=True)
+    truth = jnp.asarray(qpos, jnp.float32)  # the reference's ground-truth poses
+    env = NilEnv(robot, reference, sil, config, encoder, observe_phase=True,
+                 pose_reference=truth)
     reset = jax.jit(env.reset)
     step = jax.jit(env.step)
-    return dict(env=env, reset=reset, step=step, reference=reference, config=config)
+    return dict(env=env, reset=reset, step=step, reference=reference, config=config,
+                truth=qpos)
+
+
+def expected_pose_reward(qpos, truth, t):
+    """exp(-mean |q - q*_t| / 0.1) over H1's angles: every qpos but the x, y, z root slides
+    (qpos 0-2; no scene bodies on the plain floor)."""
+    error = np.abs(np.asarray(qpos)[:, 3:] - truth[t, 3:]).mean(-1)
+    return np.exp(-error / 0.1)
 
 
 def test_steps_give_the_nil_reward_of_each_term(nil):
@@ -56,6 +68,9 @@ def test_steps_give_the_nil_reward_of_each_term(nil):
         np.testing.assert_allclose(m["penalty/total"], total, rtol=1e-5)
         expected = m["reward/video"] + m["reward/iou"] + m["penalty/total"]
         np.testing.assert_allclose(state.reward, expected, rtol=1e-5, atol=1e-6)
+        # The pose-tracking reward is logged, not trained on.
+        np.testing.assert_allclose(m["reward/pose"], expected_pose_reward(
+            state.pipeline_state.qpos, nil["truth"], k + 1), rtol=1e-5)
         assert np.all(m["nonfinite_reward"] == 0)
         # The clip buffer moved by one frame.
         np.testing.assert_array_equal(state.info["clip"][:, :-1], previous.info["clip"][:, 1:])
@@ -78,6 +93,28 @@ def test_steps_give_the_nil_reward_of_each_term(nil):
     # The observation: the robot's, then the fraction of the reference played.
     assert state.obs.shape == (NUM_ENVS, env.robot.observation_size + 1)
     np.testing.assert_allclose(state.obs[:, -1], 4 / (LENGTH - 1), rtol=1e-6)
+
+
+def test_reward_sources_pick_the_reward_trained_on(nil):
+    """`task` trains on the env's walk reward, `pose` on tracking the ground-truth poses; both
+    still log the NIL terms. The NIL video stream is off here: it changes neither reward, and
+    one TimeSformer less to compile."""
+    env = nil["env"]
+    config = dataclasses.replace(nil["config"], video_weight=0.0)
+    # The fixture's reset (compiled once): the same robots at the same home pose.
+    start = nil["reset"](jax.random.split(jax.random.PRNGKey(3), NUM_ENVS))
+    action = jnp.full((NUM_ENVS, env.action_size), 0.2)
+    for source in ("task", "pose"):
+        sourced = NilEnv(env.robot, env.reference, env.silhouette, config, None,
+                         reward_source=source, pose_reference=env.pose_reference)
+        state = jax.jit(sourced.step)(start, action)
+        m = jax.device_get(state.metrics)
+        assert np.all(m["nonfinite_reward"] == 0) and np.all(m["reward/iou"] > 0)
+        pose = expected_pose_reward(state.pipeline_state.qpos, nil["truth"], 1)
+        np.testing.assert_allclose(m["reward/pose"], pose, rtol=1e-5)
+        trained = m["reward/env"] if source == "task" else pose
+        np.testing.assert_allclose(state.reward, trained, rtol=1e-5)
+        assert not np.allclose(state.reward, m["reward/iou"] + m["penalty/total"])
 
 
 def test_bro_trains_on_the_batched_nil_env(nil):
