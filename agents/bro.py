@@ -57,7 +57,7 @@ import optax
 from brax.envs.base import Env, State
 from brax.envs.wrappers import training as brax_training
 
-from nil_jax.agents import losses, networks, replay
+from nil_jax.agents import losses, networks, nstep, replay
 from nil_jax.agents.replay import ReplayState, Transition
 
 OFFICIAL_RESET_STEPS = (15_001, 50_001, 250_001, 500_001, 750_001, 1_000_001, 1_500_001,
@@ -84,6 +84,9 @@ class BroConfig:
     actor_mean_init_scale: float = 2.0 ** 0.5
     # losses
     discount: float = 0.99
+    # Steps of reward summed into each stored transition before bootstrapping (agents/nstep.py;
+    # official: 1). More steps carry a reward back faster through a young critic.
+    n_step: int = 1
     tau: float = 0.005  # target critic Polyak rate
     kappa: float = 1.0  # quantile Huber threshold
     pessimism: float = 0.0  # the critic target is the mean of the two critics
@@ -117,6 +120,8 @@ class BroConfig:
             raise ValueError("replay_capacity must hold the warm-up and one step of every env.")
         if self.num_envs < 1 or self.batch_size < 1 or self.updates_per_step < 1:
             raise ValueError("num_envs, batch_size and updates_per_step must be positive.")
+        if self.n_step < 1:
+            raise ValueError(f"n_step must be >= 1 (1: one-step targets), got {self.n_step}.")
 
     @property
     def warmup_iterations(self) -> int:
@@ -137,6 +142,20 @@ PRESETS = {
     "bro": BroConfig(),
     "bro_fast": BroConfig(updates_per_step=2, reset_steps=OFFICIAL_RESET_STEPS[:1]),
 }
+
+
+def useful_resets(reset_steps: tuple[int, ...], total_steps: int
+                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(kept, dropped) resets of a run of `total_steps` transitions. A reset at r is kept when
+    the run trains at least as long after it as since the previous one (r - previous): a later
+    reset leaves a network that never catches up, and the run ends on (and is evaluated with)
+    an agent worse than the one it threw away."""
+    kept, dropped, previous = [], [], 0
+    for r in sorted(reset_steps):
+        (kept if total_steps - r >= r - previous else dropped).append(r)
+        if kept and kept[-1] == r:
+            previous = r
+    return tuple(kept), tuple(dropped)
 
 
 def preset(name: str, **overrides) -> BroConfig:
@@ -185,6 +204,8 @@ class LearnerState:
     env_state: State  # N environments
     key: jax.Array
     step: jax.Array  # () int32: iterations done (warm-up and training), N transitions each
+    # The N envs' last n_step transitions, folded into n-step ones (None when n_step == 1)
+    window: Optional[nstep.Window] = None
 
 
 class Optimizers(NamedTuple):
@@ -289,9 +310,15 @@ class Bro:
         obs = jnp.zeros((self.obs_size,), jnp.float32)
         example = Transition(obs=obs, action=jnp.zeros((self.action_size,), jnp.float32),
                              reward=jnp.zeros(()), mask=jnp.zeros(()), next_obs=obs)
+        window = None
+        if self.config.n_step > 1:
+            window = nstep.init(jax.tree.map(
+                lambda x: jnp.broadcast_to(x, (self.config.num_envs,) + x.shape), example),
+                self.config.n_step)
         return LearnerState(agent=self.fresh_agent(params), initial_params=params,
                             replay=replay.init(self.config.replay_capacity, example),
-                            env_state=env_state, key=key, step=jnp.zeros((), jnp.int32))
+                            env_state=env_state, key=key, step=jnp.zeros((), jnp.int32),
+                            window=window)
 
     # ----- acting -----
 
@@ -389,6 +416,7 @@ class Bro:
                       if name in next_state.metrics)
         info["valid"] = jnp.asarray(invalid == 0) & jnp.isfinite(next_state.reward)
         info["invalid_transitions"] = jnp.sum(~info["valid"]).astype(jnp.float32)
+        info["done"] = done
         return tree_where(done > 0, fresh, next_state), transition, info
 
     def maybe_reset(self, agent: AgentState, initial_params: AgentParams,
@@ -411,7 +439,10 @@ class Bro:
                                               minval=-1.0, maxval=1.0),
                            self.explore(state.agent, state.env_state.obs, key_action))
         env_state, transition, env_info = self.env_step(state.env_state, action, key_reset)
-        buffer = replay.insert(state.replay, transition, env_info.pop("valid"))
+        valid, done, window = env_info.pop("valid"), env_info.pop("done"), state.window
+        if window is not None:
+            window, transition, valid = nstep.push(window, transition, done, valid, c.discount)
+        buffer = replay.insert(state.replay, transition, valid)
         agent, reset = self.maybe_reset(state.agent, state.initial_params, state.step)
 
         def learn(agent):
@@ -425,7 +456,7 @@ class Bro:
         # a select, and the warm-up's updates are computed and dropped (a short phase).
         agent, info = jax.lax.cond(warming_up, wait, learn, agent)
         state = state.replace(agent=agent, replay=buffer, env_state=env_state, key=key,
-                              step=state.step + 1)
+                              step=state.step + 1, window=window)
         return state, {**info, **env_info, "agent_reset": reset.astype(jnp.float32),
                        "warming_up": warming_up.astype(jnp.float32), "replay_size": buffer.size}
 

@@ -96,6 +96,7 @@ def state_shardings(learner: bro.Bro, mesh: Mesh):
     everything = jax.tree.map(lambda _: replicated(mesh), abstract)
     return everything.replace(
         env_state=jax.tree.map(env_leaf, abstract.env_state),
+        window=jax.tree.map(env_leaf, abstract.window),
         replay=everything.replay.replace(
             data=jax.tree.map(lambda _: split(mesh), abstract.replay.data)))
 

@@ -210,6 +210,11 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
     if config.reward_source == "pose":
         notes.append("Pose-tracking oracle: trained on the reference's ground-truth poses, "
                      "not NIL's reward")
+    resets, dropped = bro.useful_resets(config.agent.reset_steps, config.env_steps)
+    if dropped:
+        notes.append(f"agent resets at {', '.join(f'{r:,}' for r in dropped)} transitions "
+                     f"dropped: this run of {config.env_steps:,} would end before the reset "
+                     "network caught up")
     reward = config.reward
     if encoder is None and reward.video_weight > 0:
         reward = dataclasses.replace(reward, video_weight=0.0)
@@ -226,33 +231,38 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
     env = NilEnv(robot, reference, sil, reward, encoder, observe_phase=config.observe_phase,
                  reward_source=config.reward_source,
                  pose_reference=None if truth is None else jnp.asarray(truth, jnp.float32))
-    agent = dataclasses.replace(config.agent, episode_length=bundle.num_frames - 1)
+    agent = dataclasses.replace(config.agent, episode_length=bundle.num_frames - 1,
+                                reset_steps=resets)
     learner = bro.Bro(env, agent, batched=True, batch_sharding=parallel.batch_sharding(mesh))
     return Setup(config, embodiment, bundle, env, learner, reward, str(reference_path),
                  tuple(notes), mesh, parallel.state_shardings(learner, mesh))
 
 
-def chunk_function(setup: Setup, iterations: int):
-    """`state -> (state, metrics averaged over the chunk)`, jitted, the state donated and kept
-    in its shards (`setup.shardings`), the metrics replicated."""
-    learner = setup.learner
+def train_chunk(learner: bro.Bro, state: bro.LearnerState, iterations: int
+                ) -> tuple[bro.LearnerState, dict]:
+    """`iterations` training iterations in one `lax.scan`, and their metrics averaged over the
+    chunk. Pure: `jax.vmap` over a batch of states trains several seeds at once."""
+    # The learner's diagnostics (losses, entropy, temperature...) are zeros while it warms up
+    # (no updates): they are averaged over the iterations that updated.
+    update_names = jax.eval_shape(learner.updates, state.agent, state.replay, state.key)[1]
+    state, metrics = learner.train(state, iterations)
+    finished = metrics["episodes_finished"]
+    means = jax.tree.map(jnp.mean, metrics)
+    learning = 1.0 - metrics["warming_up"]
+    for name in update_names:
+        means[name] = jnp.sum(metrics[name] * learning) / jnp.maximum(jnp.sum(learning), 1.0)
+    # Episode statistics are per finished episode, not per iteration.
+    for name in ("episode_return", "episode_length"):
+        means[name] = jnp.sum(metrics[name] * finished) / jnp.maximum(jnp.sum(finished), 1.0)
+    means["episodes_finished"] = jnp.sum(finished)
+    return state, means
 
-    def chunk(state):
-        # The learner's diagnostics (losses, entropy, temperature...) are zeros while it
-        # warms up (no updates): they are averaged over the iterations that updated.
-        update_names = jax.eval_shape(learner.updates, state.agent, state.replay, state.key)[1]
-        state, metrics = learner.train(state, iterations)
-        finished = metrics["episodes_finished"]
-        means = jax.tree.map(jnp.mean, metrics)
-        learning = 1.0 - metrics["warming_up"]
-        for name in update_names:
-            means[name] = jnp.sum(metrics[name] * learning) / jnp.maximum(jnp.sum(learning), 1.0)
-        # Episode statistics are per finished episode, not per iteration.
-        for name in ("episode_return", "episode_length"):
-            means[name] = jnp.sum(metrics[name] * finished) / jnp.maximum(jnp.sum(finished), 1.0)
-        means["episodes_finished"] = jnp.sum(finished)
-        return state, means
-    return jax.jit(chunk, donate_argnums=0, in_shardings=(setup.shardings,),
+
+def chunk_function(setup: Setup, iterations: int):
+    """`state -> (state, metrics averaged over the chunk)` (`train_chunk`), jitted, the state
+    donated and kept in its shards (`setup.shardings`), the metrics replicated."""
+    return jax.jit(lambda state: train_chunk(setup.learner, state, iterations), donate_argnums=0,
+                   in_shardings=(setup.shardings,),
                    out_shardings=(setup.shardings, parallel.replicated(setup.mesh)))
 
 

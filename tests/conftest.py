@@ -27,3 +27,19 @@ def tiny_video_encoder():
                                                               crop_size=(size, size)))
 
     return build
+
+
+@pytest.fixture(scope="module")
+def experiment_scripts():
+    """`import name` of a script in experiments/ (the benchmark suites import each other as
+    siblings, as they do when run): `experiment_scripts("benchmark")`."""
+    import importlib
+    import pathlib
+    import sys
+
+    folder = str(pathlib.Path(__file__).resolve().parents[1] / "experiments")
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(folder)

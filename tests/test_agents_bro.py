@@ -103,6 +103,16 @@ def test_reset_iterations():
     assert dataclasses.replace(SMALL, reset_steps=(20, 21)).reset_iterations == (6,)
 
 
+def test_useful_resets_drop_those_the_run_ends_too_soon_after():
+    official = bro.OFFICIAL_RESET_STEPS
+    # The quick run (16k): BRO-fast's reset at 15,001 would leave 999 transitions to recover.
+    assert bro.useful_resets(official[:1], 16_000) == ((), (15_001,))
+    assert bro.useful_resets(official[:1], 150_000) == ((15_001,), ())
+    # 300k: 15k and 50k are kept (>= 15k and >= 35k follow them), 250k is not (50k of 200k).
+    assert bro.useful_resets(official, 300_000) == (official[:2], official[2:])
+    assert bro.useful_resets((), 10) == ((), ())
+
+
 def test_truncation_bootstraps_termination_does_not(learner, jitted):
     state = jitted["init"](jax.random.PRNGKey(0))
     # env 0 terminates at step 3 (|1.2| > 1), env 1 is truncated at step 4 (episode_length),

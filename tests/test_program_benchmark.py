@@ -3,23 +3,14 @@ sequential baseline and the table come out (rates are not asserted: speed is the
 business, not the tests')."""
 
 import argparse
-import importlib
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        yield importlib.import_module("benchmark")
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+def bench(experiment_scripts):
+    return experiment_scripts("benchmark")
 
 
 def tiny_args(bench, *argv) -> argparse.Namespace:

@@ -1,0 +1,89 @@
+"""The learning suite's bookkeeping (experiments/learning_benchmark.py): per-seed evaluations
+become mean, std, min and max per point, the table's last row per case and the baselines, and a
+readable PNG. Training itself is the suite's (it is run for real; see benchmarks/learning.md):
+here a hand-made record of two cases, three seeds, two points."""
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def suite(experiment_scripts):
+    return experiment_scripts("learning_benchmark")
+
+
+def seed_metrics(iou, pose):
+    return dict(mean_iou=iou, pose_error_rad=pose, env_return_mean=10 * iou,
+                steps_to_fall_mean=100 * iou, fall_rate=1.0)
+
+
+def case(ious, poses, seeds=(0, 1, 2)):
+    points = [dict(env_steps=0, wall_s=0.0, seeds=[seed_metrics(0.3, 0.2)] * len(seeds)),
+              dict(env_steps=3200, wall_s=30.0,
+                   seeds=[seed_metrics(i, p) for i, p in zip(ious, poses)])]
+    return dict(seeds=list(seeds), env_steps=3200, train_wall_s=30.0, points=points)
+
+
+def test_points_summarize_seeds_and_the_table_shows_the_end(suite, tmp_path):
+    record = dict(
+        machine=dict(devices=["cpu"], cpu_count=2, processor="x86_64", jax="0", mujoco="0"),
+        command="python experiments/benchmark.py --suite learning", notes=["a note"],
+        episode_length=300, baselines=dict(zero=seed_metrics(0.35, 0.158),
+                                           random=seed_metrics(0.344, 0.195)),
+        settings=dict(preset="quick", embodiment="h1", skill="walk", actuation="pd", seeds=3,
+                      eval_every=1600, eval_episodes=5,
+                      agent=dict(num_envs=16, updates_per_step=2, batch_size=128,
+                                 critic_width=128, num_quantiles=16, actor_width=64, tau=0.005,
+                                 init_temperature=0.1, reset_steps=[])),
+        cases=dict(nil=case([0.4, 0.5, 0.6], [0.3, 0.2, 0.1]),
+                   pose=case([0.1, 0.1, 0.4], [0.1, 0.1, 0.1])))
+    for result in record["cases"].values():
+        suite.summarize_points(result)
+    final = record["cases"]["nil"]["points"][-1]["summary"]
+    np.testing.assert_allclose([final["mean_iou"][k] for k in ("mean", "min", "max")],
+                               [0.5, 0.4, 0.6])
+    np.testing.assert_allclose(final["mean_iou"]["std"], np.std([0.4, 0.5, 0.6]))
+    np.testing.assert_allclose(final["pose_error_rad"]["mean"], 0.2)
+    assert record["cases"]["pose"]["points"][0]["summary"]["mean_iou"]["std"] == 0
+
+    suite.write_record(record, tmp_path)
+    table = (tmp_path / "learning.md").read_text()
+    assert "| nil | 3 | 3,200 | 0.5 | 0.500 ± 0.082 [0.400, 0.600] | 0.200 ± 0.082" in table
+    assert "| zero action | - | - | - | 0.350 | 0.158 |" in table
+    assert "resets at none" in table and "Note: a note" in table
+    # The curve table has one column per evaluation point.
+    assert "| pose | 0.300 | 0.200 |" in table
+    image = imageio.imread(tmp_path / "learning.png")
+    assert image.shape[0] >= 600 and image.shape[1] >= 1200  # 2 rows x 4 readable panels
+    assert (tmp_path / "learning.json").is_file()
+
+
+def test_cases_set_what_is_trained_on(suite):
+    import run as run_script  # experiments/, on the path through the fixture
+    base = run_script.PRESETS["quick"]
+    pose = suite.case_config(base, "pose", 1600)
+    assert (pose.reward_source, pose.env_steps, pose.reward) == ("pose", 1600, base.reward)
+    iou = suite.case_config(base, "iou_only", 1600).reward
+    assert (iou.iou_weight, iou.video_weight, iou.regularizer_weight) == (1.0, 0.0, 0.0)
+    assert suite.case_config(base, "video_only", 1600).reward.iou_weight == 0.0
+    assert set(suite.DEFAULT_CASES) == set(suite.CASES)
+
+
+def test_settings_change_nested_fields_and_bad_ones_say_why(suite):
+    import run as run_script
+    base = run_script.PRESETS["gpu"]
+    config = suite.with_settings(base, ["agent.num_envs=16", "agent.reset_steps=15001,50001",
+                                        "reward.iou_weight=2", "backend=cpu",
+                                        "observe_phase=false", "render_size=32"])
+    assert (config.agent.num_envs, config.agent.reset_steps) == (16, (15_001, 50_001))
+    assert (config.reward.iou_weight, config.backend, config.observe_phase,
+            config.render_size) == (2.0, "cpu", False, 32)
+    assert suite.with_settings(base, ["agent.reset_steps="]).agent.reset_steps == ()
+    for bad, message in (("agent.num_env=4", "BroConfig has no field 'num_env'"),
+                         ("agent.num_envs=four", "a value like 1024"),
+                         ("agent.num_envs=0", "must be positive"),
+                         ("reward.iou_weight=-1", "iou_weight must be >= 0"),
+                         ("seed.x=1", "seed.x=1"), ("agent.tau", "FIELD=VALUE")):
+        with pytest.raises(SystemExit, match=message):
+            suite.with_settings(base, [bad])
