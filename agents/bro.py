@@ -152,9 +152,11 @@ def useful_resets(reset_steps: tuple[int, ...], total_steps: int
     an agent worse than the one it threw away."""
     kept, dropped, previous = [], [], 0
     for r in sorted(reset_steps):
-        (kept if total_steps - r >= r - previous else dropped).append(r)
-        if kept and kept[-1] == r:
+        if total_steps - r >= r - previous:
+            kept.append(r)
             previous = r
+        else:
+            dropped.append(r)
     return tuple(kept), tuple(dropped)
 
 

@@ -42,7 +42,6 @@ import math
 import pathlib
 import textwrap
 import time
-from typing import Optional
 
 import jax
 import matplotlib
@@ -64,7 +63,7 @@ CASES = {
     "no_regularizers": ("nil", dict(regularizer_weight=0.0), False),
     "video_only": ("nil", dict(iou_weight=0.0, regularizer_weight=0.0), True),
 }
-DEFAULT_CASES = ("nil", "pose", "task", "iou_only", "no_regularizers", "video_only")
+DEFAULT_CASES = tuple(CASES)
 # The evaluation metrics plotted: (key in training.summarize's dict, axis label, better)
 CURVES = (("mean_iou", "mean IoU with the reference", "higher"),
           ("pose_error_rad", "pose error (rad)", "lower"),
@@ -220,9 +219,12 @@ STREAMS = ("env_reward", "env/reward/iou", "env/reward/video", "env/reward/pose"
 
 
 def baselines(setup: training.Setup, episodes: int, eval_key: jax.Array) -> dict:
-    """Zero and random actions on the evaluation's resets (the agent is not used)."""
-    metrics, _ = training.evaluate(setup, setup.learner.init(jax.random.PRNGKey(0)).agent,
-                                   eval_key, episodes, policies=("zero", "random"))
+    """Zero and random actions on the evaluation's resets (the agent is not used: fresh
+    networks stand in, without the replay and envs of a whole learner state)."""
+    learner = setup.learner
+    unused = learner.fresh_agent(learner.init_params(jax.random.PRNGKey(0)))
+    metrics, _ = training.evaluate(setup, unused, eval_key, episodes,
+                                   policies=("zero", "random"))
     return metrics
 
 
@@ -337,8 +339,8 @@ def summarize_points(result: dict) -> None:
                             for name in point["seeds"][0]}
 
 
-def run_learning(args, machine, out_dir: Optional[pathlib.Path] = None) -> tuple[dict, str]:
-    out_dir = pathlib.Path(out_dir or args.out_dir)
+def run_learning(args, machine) -> tuple[dict, str]:
+    out_dir = pathlib.Path(args.out_dir)
     base = run_script.PRESETS[args.learning_preset]
     base = with_settings(base, args.learning_set)
     env_steps = args.learning_env_steps or base.env_steps
@@ -367,7 +369,9 @@ def run_learning(args, machine, out_dir: Optional[pathlib.Path] = None) -> tuple
                     setup.reward if setup.config.reward_source == "nil" else None)
         if resolved in trained:
             record["notes"].append(f"{case} skipped: it trains exactly as {trained[resolved]} "
-                                   "here (the video stream is off)")
+                                   f"here (weights as used: video {setup.reward.video_weight}, "
+                                   f"IoU {setup.reward.iou_weight}, regularizers "
+                                   f"{setup.reward.regularizer_weight})")
             continue
         trained[resolved] = case
         if "baselines" not in record:
