@@ -21,7 +21,8 @@ of 8 at each of iterations 4,000, 5,000 and 8,000); this test at 4,000 iteration
 failed again (seed 0: 1,000 at 4,000 and 6,000 iterations, 577 at 8,000). A replay that small
 holds only the last 5,000 iterations: once a policy balances, the early failures (the cart
 running into the rail's end) are overwritten, and the critic forgets why drifting is bad. The
-official replay keeps every transition, so the test's holds all 32,000: the same seeds are
+official replay keeps every transition, so the test's holds all 32,000 (it was 40,000 rows when
+measured; unwrapped, sampling does not depend on the capacity): the same seeds are
 then identical up to 5,000 iterations and seed 0 holds 1,000 at 8,000; 8 seeds (key 0) balanced
 1,000 steps at every evaluation from 3,000 iterations to 8,000 (48 of 48). The test trains
 8,000.
@@ -39,13 +40,15 @@ from nil_jax.envs import evaluation
 BACKEND = "generalized"  # compiles and runs faster on this CPU than "mjx" for this model
 EVAL_LENGTH = 1000  # the task's own episode length
 SEEDS = 4
+NUM_ENVS = 4
 CHUNK, CHUNKS = 2000, 4  # training iterations between evaluations; 8,000 in all
-CONFIG = bro.preset("bro_fast", num_envs=4, updates_per_step=4, episode_length=EVAL_LENGTH,
-                    warmup_steps=400, critic_width=64, actor_width=64, num_quantiles=25,
-                    replay_capacity=40_000, reset_steps=(),
-                    n_step=3, tau=0.02)
 # The replay holds the whole run (32,000 transitions), as the official one does: a smaller one
 # overwrites the early failures and a balancing policy can unlearn (see the docstring).
+CONFIG = bro.preset("bro_fast", num_envs=NUM_ENVS, updates_per_step=4,
+                    episode_length=EVAL_LENGTH, warmup_steps=400, critic_width=64,
+                    actor_width=64, num_quantiles=25,
+                    replay_capacity=CHUNK * CHUNKS * NUM_ENVS, reset_steps=(),
+                    n_step=3, tau=0.02)
 # No reset: BRO-fast's one reset, at 15,001 transitions, would fall inside these 32,000 and the
 # last evaluation would score a freshly reset agent (measured: it did, returns 25-69).
 SOLVED = 800.0  # of EVAL_LENGTH steps, for every seed at the end; a random policy balances ~5
