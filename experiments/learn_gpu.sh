@@ -6,10 +6,9 @@
 # command cut short by its time limit still returns the cases it finished.
 # Needs nil-jax installed with the gpu extra (pip install -e ".[gpu]").
 #   bash experiments/learn_gpu.sh                      # on the accelerator
-#   bash experiments/learn_gpu.sh --learning-env-steps 3200 --learning-eval-every 1600 \
-#     --learning-seeds 2 --learning-set agent.num_envs=16 agent.batch_size=128 \
-#     agent.warmup_steps=800 agent.replay_capacity=20000 agent.critic_width=64 \
-#     agent.num_quantiles=8 agent.actor_width=32           # tiny, on a CPU (MJX as on the GPU)
+# Arguments are passed on to the suite, after (so overriding) the ones below. Its CPU twin, the
+# same script with MJX on a CPU at tiny sizes on a short reference, is a test:
+# tests/test_learning_benchmark.py::test_learn_gpu_script_runs_its_cpu_twin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/gpu}"

@@ -352,10 +352,13 @@ def run_learning(args, machine) -> tuple[dict, str]:
             ("learning-cases", " ".join(args.learning_cases)),
             ("learning-seeds", args.learning_seeds), ("learning-env-steps", env_steps),
             ("learning-eval-every", args.learning_eval_every),
-            ("learning-set", " ".join(args.learning_set) or None)) if value is not None)
+            ("learning-eval-episodes", args.learning_eval_episodes),
+            ("learning-seed", args.learning_seed),
+            ("learning-set", " ".join(args.learning_set) or None),
+            ("out-dir", args.out_dir)) if value is not None)
     record = dict(machine=machine, command=command, notes=[], cases={}, settings=dict(
         preset=args.learning_preset, embodiment=base.embodiment, skill=base.skill,
-        actuation=base.actuation, agent=dataclasses.asdict(base.agent), seeds=len(seeds),
+        actuation=base.actuation, backend=base.backend, agent=dataclasses.asdict(base.agent), seeds=len(seeds),
         env_steps=env_steps, eval_every=args.learning_eval_every,
         eval_episodes=args.learning_eval_episodes, changed=list(args.learning_set)))
     trained = {}  # what each case resolved to -> the case that trained it

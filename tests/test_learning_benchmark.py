@@ -87,3 +87,53 @@ def test_settings_change_nested_fields_and_bad_ones_say_why(suite):
                          ("seed.x=1", "seed.x=1"), ("agent.tau", "FIELD=VALUE")):
         with pytest.raises(SystemExit, match=message):
             suite.with_settings(base, [bad])
+
+
+def test_learn_gpu_script_runs_its_cpu_twin(tmp_path):
+    """experiments/learn_gpu.sh as on the accelerator (the gpu preset: MJX physics, the suite,
+    files under $OUT), at tiny sizes on a short synthetic walk: one case, two seeds, two
+    evaluations after the start."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from nil_jax import envs
+    from nil_jax.references import bundle as bundle_lib
+    from nil_jax.references import ingest as ingest_lib
+    from nil_jax.references import synthetic
+
+    fast = ingest_lib.IngestConfig(segmenter="background", interpolator="linear",
+                                   encoder="none", resolution=64)
+    bundle, _ = synthetic.make(envs.load("h1"), tmp_path,
+                               synthetic.SyntheticConfig(seconds=0.3, video_size=64), fast)
+    reference = bundle_lib.save(bundle, tmp_path / "h1_walk.npz")
+    out = tmp_path / "out"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OUT=str(out),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    finished = subprocess.run(
+        ["bash", str(root / "experiments" / "learn_gpu.sh"), "--learning-cases", "nil",
+         "--learning-seeds", "2", "--learning-env-steps", "64", "--learning-eval-every", "32",
+         "--learning-eval-episodes", "2", "--learning-set", f"reference={reference}",
+         "render_size=32", "chunk_iterations=4", "agent.num_envs=8", "agent.batch_size=16",
+         "agent.warmup_steps=16", "agent.replay_capacity=512", "agent.critic_width=16",
+         "agent.num_quantiles=4", "agent.actor_width=16"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    record = json.loads((out / "learning.json").read_text())
+    settings = record["settings"]
+    assert (settings["preset"], settings["backend"], settings["seeds"]) == ("gpu", "mjx", 2)
+    assert settings["agent"]["num_envs"] == 8 and settings["agent"]["n_step"] == 3
+    nil = record["cases"]["nil"]
+    assert [p["env_steps"] for p in nil["points"]] == [0, 32, 64]
+    final = nil["points"][-1]
+    length = record["episode_length"]
+    assert len(final["seeds"]) == 2 and length == bundle.num_frames - 1
+    for metrics in final["seeds"] + list(record["baselines"].values()):
+        assert 0 <= metrics["mean_iou"] <= 1 and 0 < metrics["pose_error_rad"] < 3
+        assert 1 <= metrics["steps_to_fall_mean"] <= length
+    assert "learning: nil (nil reward), 2 seeds" in (out / "learning_log.txt").read_text()
+    assert f"--out-dir {out}" in record["command"]
+    assert (out / "learning.md").is_file() and (out / "learning.png").is_file()
