@@ -38,6 +38,7 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import mujoco
 import numpy as np
 import tensorboardX
 import tqdm
@@ -485,12 +486,36 @@ def summarize(setup: Setup, records: dict[str, np.ndarray]) -> dict[str, float]:
                                                     skill_tasks.HOLD_STEPS))
         metrics["success_rate"] = float(np.mean(succeeded))
         metrics["normalized_task_reward"] = float((env_return / length).mean())
-    truth = setup.bundle.ground_truth_qpos
-    if truth is not None:
-        angles = envs.embodiments.angle_qpos(setup.embodiment)
-        error = np.abs(held["qpos"][..., angles] - truth[1:length + 1, None, angles])
+    error = angle_errors(setup, held)
+    if error is not None:
         metrics["pose_error_rad"] = float(error.mean())
     return metrics
+
+
+def angle_errors(setup: Setup, held: dict[str, np.ndarray]) -> Optional[np.ndarray]:
+    """|angle - ground truth| (T, E, A) of every angle (`embodiments.angle_qpos`) at every step
+    of records whose falls are held (`after_falls_held`); None without ground truth."""
+    truth = setup.bundle.ground_truth_qpos
+    if truth is None:
+        return None
+    angles = envs.embodiments.angle_qpos(setup.embodiment)
+    length = held["qpos"].shape[0]
+    return np.abs(held["qpos"][..., angles] - truth[1:length + 1, None, angles])
+
+
+def pose_error_by_angle(setup: Setup, records: dict[str, np.ndarray]
+                        ) -> Optional[dict[str, float]]:
+    """{joint name: mean |angle - ground truth| (rad)} over the steps and episodes of one
+    policy's records (falls held, as `summarize` scores them): which angles make up
+    pose_error_rad, its mean. None without ground truth."""
+    error = angle_errors(setup, after_falls_held(records)[0])
+    if error is None:
+        return None
+    model = setup.embodiment.mj_model
+    joint_of = {int(model.jnt_qposadr[j]): j for j in range(model.njnt)}
+    names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, joint_of[int(q)])
+             for q in envs.embodiments.angle_qpos(setup.embodiment)]
+    return {name: float(value) for name, value in zip(names, error.mean((0, 1)))}
 
 
 def evaluate(setup: Setup, agent, key: jax.Array, num_episodes: int = 5,

@@ -103,6 +103,11 @@ def test_run_stops_resumes_and_writes_every_output(run, h1_reference, tmp_path, 
         m = metrics[policy]
         assert 0 <= m["mean_iou"] <= 1 and 0 <= m["fall_rate"] <= 1
         assert 0 < m["pose_error_rad"] < np.pi
+        # Its parts: the root's three rotations and H1's 19 joints, by name.
+        by_angle = m["pose_error_by_angle"]
+        assert len(by_angle) == 22 and {"pelvis_tilt", "knee_angle_l"} <= set(by_angle)
+        np.testing.assert_allclose(np.mean(list(by_angle.values())), m["pose_error_rad"],
+                                   rtol=1e-5)
         assert 0 < m["steps_to_fall_mean"] <= 40
     # Zero action holds the home pose, which is not the walk's.
     assert metrics["zero"]["pose_error_rad"] > 0.01
