@@ -57,7 +57,7 @@ from nil_jax.envs import assets  # noqa: E402
 from nil_jax.agents import bro  # noqa: E402
 from nil_jax.io_utils import write_json  # noqa: E402
 from nil_jax.references.errors import ReferenceDataError  # noqa: E402
-from nil_jax.reward import nil_reward, regularizers, sources  # noqa: E402
+from nil_jax.reward import sources  # noqa: E402
 from nil_jax.reward.timesformer_weights import TimesformerWeightsError  # noqa: E402
 from nil_jax import reports  # noqa: E402
 
@@ -91,12 +91,7 @@ CPU_AGENT = bro.preset("bro_fast", num_envs=16, critic_width=128, actor_width=64
                        n_step=3, tau=0.02, updates_per_step=8, replay_capacity=150_000)
 # Learnable on a CPU in minutes: joint targets (zero action holds the home pose), the
 # reference's phase observed, 64x64 masks. `--actuation torque --no-observe-phase` is the paper's.
-# The effort penalty (P_J: with joint targets, the squared offset from home) at 5x its default:
-# a silhouette does not show every joint (hip yaw, shoulder roll), and at 0.1 the policy held
-# those about 0.25 rad off home for the whole episode (benchmarks/recipes/, README).
 CPU_RUN = RunConfig(actuation="pd", pd_action_scale=0.3, observe_phase=True, render_size=64,
-                    reward=nil_reward.RewardConfig(
-                        regularizers=regularizers.RegularizerScales(torques=0.5)),
                     agent=CPU_AGENT, chunk_iterations=100, checkpoint_every=20)
 
 # The default run's setting on one accelerator (sized from benchmarks/h200/: not yet run):
