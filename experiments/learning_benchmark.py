@@ -358,8 +358,8 @@ def run_learning(args, machine) -> tuple[dict, str]:
             ("out-dir", args.out_dir)) if value is not None)
     record = dict(machine=machine, command=command, notes=[], cases={}, settings=dict(
         preset=args.learning_preset, embodiment=base.embodiment, skill=base.skill,
-        actuation=base.actuation, backend=base.backend, agent=dataclasses.asdict(base.agent), seeds=len(seeds),
-        env_steps=env_steps, eval_every=args.learning_eval_every,
+        actuation=base.actuation, backend=base.backend, agent=dataclasses.asdict(base.agent),
+        seeds=len(seeds), env_steps=env_steps, eval_every=args.learning_eval_every,
         eval_episodes=args.learning_eval_episodes, changed=list(args.learning_set)))
     trained = {}  # what each case resolved to -> the case that trained it
     for case in dict.fromkeys(args.learning_cases):
