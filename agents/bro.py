@@ -56,9 +56,15 @@ import numpy as np
 import optax
 from brax.envs.base import Env, State
 from brax.envs.wrappers import training as brax_training
+from brax.training.acme import running_statistics
 
 from nil_jax.agents import losses, networks, nstep, replay
 from nil_jax.agents.replay import ReplayState, Transition
+
+# Standardized observations are clipped to this many stds; a std is never taken below
+# OBS_STD_MIN (a feature constant so far would otherwise be divided by ~0 when it first moves).
+OBS_CLIP = 10.0
+OBS_STD_MIN = 1e-3
 
 OFFICIAL_RESET_STEPS = (15_001, 50_001, 250_001, 500_001, 750_001, 1_000_001, 1_500_001,
                         2_000_001)
@@ -79,6 +85,11 @@ class BroConfig:
     num_quantiles: int = 100
     actor_width: int = 256
     actor_depth: int = 1
+    # Observations standardized by their running mean and std before every network (not in the
+    # official code; FastTD3's and FastSAC's humanoid recipes, brax's PPO and SAC): without it
+    # the fastest features (joint velocities, tens of rad/s) drown the slow ones (root height
+    # and tilt, centimetres and hundredths of a radian) in the first layer.
+    normalize_observations: bool = False
     # Init scale of the actor's mean head (official: sqrt(2)). A small one starts the policy
     # near the zero action: for joint targets (PD actuation), near the home pose.
     actor_mean_init_scale: float = 2.0 ** 0.5
@@ -194,6 +205,9 @@ class AgentState:
     temperature: Trainable
     optimism: Trainable
     kl_weight: Trainable
+    # Running mean and std of the observations the agent acted on (brax's running_statistics);
+    # None without `normalize_observations`. Kept through resets: they describe the data.
+    obs_stats: Optional[running_statistics.RunningStatisticsState] = None
 
 
 @flax.struct.dataclass
@@ -288,9 +302,9 @@ class Bro:
                 c.init_kl_weight, c.dual_log_min, c.dual_log_max), jnp.float32),
         )
 
-    def fresh_agent(self, params: AgentParams) -> AgentState:
-        """An agent at `params` with new optimizer states; the target critic starts equal to
-        the critic."""
+    def fresh_agent(self, params: AgentParams, obs_stats=None) -> AgentState:
+        """An agent at `params` with new optimizer states and the given observation statistics;
+        the target critic starts equal to the critic."""
         def trainable(p, optimizer):
             return Trainable(p, optimizer.init(p))
         o = self.optimizers
@@ -303,7 +317,30 @@ class Bro:
             temperature=trainable(params.log_temperature, o.temperature),
             optimism=trainable(params.optimism, o.optimism),
             kl_weight=trainable(params.kl_weight, o.kl_weight),
+            obs_stats=obs_stats,
         )
+
+    def init_obs_stats(self) -> Optional[running_statistics.RunningStatisticsState]:
+        """Statistics of no observation yet (mean 0, std 1), or None without normalization."""
+        if not self.config.normalize_observations:
+            return None
+        # Arrays throughout (brax starts some leaves as Python numbers), so that the state's
+        # leaves keep their types through lax.scan, checkpoints and resets.
+        return jax.tree.map(jnp.asarray,
+                            running_statistics.init_state(jnp.zeros((self.obs_size,))))
+
+    def normalize(self, agent: AgentState, obs: jax.Array) -> jax.Array:
+        """The networks' input: `obs` standardized and clipped to +-OBS_CLIP (or as is)."""
+        if agent.obs_stats is None:
+            return obs
+        return running_statistics.normalize(obs, agent.obs_stats, max_abs_value=OBS_CLIP)
+
+    def observe(self, agent: AgentState, obs: jax.Array) -> AgentState:
+        """`agent` whose observation statistics also count `obs` (N, obs_size)."""
+        if agent.obs_stats is None:
+            return agent
+        return agent.replace(obs_stats=running_statistics.update(
+            agent.obs_stats, obs, std_min_value=OBS_STD_MIN))
 
     def init(self, key: jax.Array) -> LearnerState:
         key_params, key_env, key = jax.random.split(key, 3)
@@ -317,7 +354,8 @@ class Bro:
             window = nstep.init(jax.tree.map(
                 lambda x: jnp.broadcast_to(x, (self.config.num_envs,) + x.shape), example),
                 self.config.n_step)
-        return LearnerState(agent=self.fresh_agent(params), initial_params=params,
+        return LearnerState(agent=self.fresh_agent(params, self.init_obs_stats()),
+                            initial_params=params,
                             replay=replay.init(self.config.replay_capacity, example),
                             env_state=env_state, key=key, step=jnp.zeros((), jnp.int32),
                             window=window)
@@ -326,6 +364,7 @@ class Bro:
 
     def explore(self, agent: AgentState, obs: jax.Array, key: jax.Array) -> jax.Array:
         """Actions of the optimistic actor (the data-collection policy), clipped to [-1, 1]."""
+        obs = self.normalize(agent, obs)
         mean, std = self.actor_net.apply(agent.actor.params, obs)
         mean, std = self.optimistic_net.apply(agent.optimistic_actor.params, obs, mean, std)
         action, _ = networks.tanh_gaussian_sample(key, mean, std)
@@ -333,7 +372,7 @@ class Bro:
 
     def act(self, agent: AgentState, obs: jax.Array) -> jax.Array:
         """The deterministic evaluation action: tanh of the conservative actor's mean."""
-        mean, _ = self.actor_net.apply(agent.actor.params, obs)
+        mean, _ = self.actor_net.apply(agent.actor.params, self.normalize(agent, obs))
         return networks.tanh_gaussian_mode(mean)
 
     def policy(self, agent: AgentState, deterministic: bool = True):
@@ -350,6 +389,8 @@ class Bro:
         the new critic; the duals use the statistics of this update's actor losses)."""
         c, o, fn = self.config, self.optimizers, self.losses
         key_next, key_actor, key_optimistic = jax.random.split(key, 3)
+        batch = batch.replace(obs=self.normalize(agent, batch.obs),
+                              next_obs=self.normalize(agent, batch.next_obs))
         temperature = jnp.exp(agent.temperature.params)
 
         mean, std = self.actor_net.apply(agent.actor.params, batch.next_obs)
@@ -377,7 +418,8 @@ class Bro:
                                                      kl_per_dim)
         agent = AgentState(actor=actor, optimistic_actor=optimistic_actor, critic=critic,
                            target_critic=target_critic, temperature=temperature_state,
-                           optimism=optimism_state, kl_weight=kl_weight_state)
+                           optimism=optimism_state, kl_weight=kl_weight_state,
+                           obs_stats=agent.obs_stats)
         return agent, {**info, **info_actor, **info_optimistic, **info_temperature,
                        **info_optimism, **info_kl_weight}
 
@@ -427,7 +469,7 @@ class Bro:
         schedule, else `agent`; and whether it was reset."""
         reset = jnp.any(step == jnp.asarray(self.config.reset_iterations, jnp.int32))
         # A select, not a cond: under vmap over seeds a cond would run both branches anyway.
-        return tree_where(reset, self.fresh_agent(initial_params), agent), reset
+        return tree_where(reset, self.fresh_agent(initial_params, agent.obs_stats), agent), reset
 
     def train_step(self, state: LearnerState) -> tuple[LearnerState, dict]:
         """One iteration: act in the N envs (uniform random actions during the warm-up, then
@@ -445,7 +487,8 @@ class Bro:
         if window is not None:
             window, transition, valid = nstep.push(window, transition, done, valid, c.discount)
         buffer = replay.insert(state.replay, transition, valid)
-        agent, reset = self.maybe_reset(state.agent, state.initial_params, state.step)
+        agent, reset = self.maybe_reset(self.observe(state.agent, state.env_state.obs),
+                                        state.initial_params, state.step)
 
         def learn(agent):
             return self.updates(agent, buffer, key_update)

@@ -164,8 +164,18 @@ def seeds_evaluation(setup: training.Setup, episodes: int):
 
 def summarize_seeds(setup: training.Setup, records: dict) -> list[dict]:
     seeds = len(jax.tree.leaves(records)[0])
-    return [training.summarize(setup, jax.tree.map(lambda x, i=i: x[i], records))
+    return [summarize_policy(setup, jax.tree.map(lambda x, i=i: x[i], records))
             for i in range(seeds)]
+
+
+def summarize_policy(setup: training.Setup, records: dict) -> dict:
+    """The protocol's metrics of one policy's records, and with ground truth its pose error
+    by joint name (which angles make up the mean)."""
+    metrics = training.summarize(setup, records)
+    by_angle = training.pose_error_by_angle(setup, records)
+    if by_angle is not None:
+        metrics["pose_error_by_angle"] = by_angle
+    return metrics
 
 
 def train_case(setup: training.Setup, seeds: list[int], env_steps: int, eval_every: int,
@@ -223,9 +233,9 @@ def baselines(setup: training.Setup, episodes: int, eval_key: jax.Array) -> dict
     networks stand in, without the replay and envs of a whole learner state)."""
     learner = setup.learner
     unused = learner.fresh_agent(learner.init_params(jax.random.PRNGKey(0)))
-    metrics, _ = training.evaluate(setup, unused, eval_key, episodes,
+    _, records = training.evaluate(setup, unused, eval_key, episodes,
                                    policies=("zero", "random"))
-    return metrics
+    return {policy: summarize_policy(setup, r) for policy, r in records.items()}
 
 
 def final_table(record: dict) -> list[str]:
@@ -265,12 +275,36 @@ def curve_tables(record: dict) -> list[str]:
     return lines
 
 
+def angle_table(record: dict) -> list[str]:
+    """Pose error (rad) by angle at the end of training, mean over seeds, beside the baselines':
+    which joints a policy holds away from the reference."""
+    columns = {case: result["points"][-1]["summary"]["pose_error_by_angle"]
+               for case, result in record["cases"].items()
+               if "pose_error_by_angle" in result["points"][-1]["summary"]}
+    if not columns:
+        return []
+    baselines = {f"{policy} action": metrics["pose_error_by_angle"]
+                 for policy, metrics in record["baselines"].items()
+                 if "pose_error_by_angle" in metrics}
+    angles = list(next(iter(columns.values())))
+    lines = ["", "pose error (rad) by angle at the end of training, mean over seeds (the pose "
+             "error is their mean):", "",
+             "| angle | " + " | ".join([*columns, *baselines]) + " |",
+             "|---|" + "---:|" * (len(columns) + len(baselines))]
+    for angle in angles:
+        cells = ([f"{c[angle]['mean']:.3f}" for c in columns.values()]
+                 + [f"{b[angle]:.3f}" for b in baselines.values()])
+        lines.append(f"| {angle} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def agent_summary(agent: dict) -> str:
     resets = ", ".join(f"{r:,}" for r in agent["reset_steps"]) or "none"
     return (f"BRO {agent['num_envs']} envs, {agent['updates_per_step']} updates per iteration at "
             f"batch {agent['batch_size']}, critic {agent['critic_width']} x "
             f"{agent['num_quantiles']} quantiles, actor {agent['actor_width']}, tau "
-            f"{agent['tau']}, initial temperature {agent['init_temperature']}, resets at {resets}")
+            f"{agent['tau']}, initial temperature {agent['init_temperature']}, resets at {resets}"
+            + (", observations normalized" if agent.get("normalize_observations") else ""))
 
 
 def markdown(record: dict) -> str:
@@ -288,6 +322,7 @@ def markdown(record: dict) -> str:
              "training.PROTOCOL: a fall ends the episode and its state is held). "
              "Cells: mean ± std [min, max] over seeds at the end of training.",
              ""] + [f"Note: {n}" for n in record["notes"]] + [""] + final_table(record)
+    lines += angle_table(record)
     lines += curve_tables(record)
     lines += ["", "Curves: benchmarks/learning.png."]
     return "\n".join(lines) + "\n"
@@ -335,8 +370,13 @@ def plot(record: dict, path: pathlib.Path) -> None:
 
 def summarize_points(result: dict) -> None:
     for point in result["points"]:
-        point["summary"] = {name: spread(np.array([m[name] for m in point["seeds"]]))
-                            for name in point["seeds"][0]}
+        seeds = point["seeds"]
+        point["summary"] = {name: spread(np.array([m[name] for m in seeds]))
+                            for name, value in seeds[0].items() if not isinstance(value, dict)}
+        if "pose_error_by_angle" in seeds[0]:
+            point["summary"]["pose_error_by_angle"] = {
+                angle: spread(np.array([m["pose_error_by_angle"][angle] for m in seeds]))
+                for angle in seeds[0]["pose_error_by_angle"]}
 
 
 def run_learning(args, machine) -> tuple[dict, str]:

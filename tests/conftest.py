@@ -43,3 +43,20 @@ def experiment_scripts():
         yield importlib.import_module
     finally:
         sys.path.remove(folder)
+
+
+@pytest.fixture(scope="session")
+def h1_reference(tmp_path_factory):
+    """Path of a saved 0.4 s synthetic H1 walk (41 frames at 100 Hz, 64 px masks, no
+    embeddings) with its ground truth: the reference of the run and learning-suite tests."""
+    from nil_jax import envs
+    from nil_jax.references import bundle as bundle_lib
+    from nil_jax.references import ingest as ingest_lib
+    from nil_jax.references import synthetic
+
+    folder = tmp_path_factory.mktemp("references")
+    ingest = ingest_lib.IngestConfig(segmenter="background", interpolator="linear",
+                                     encoder="none", resolution=64)
+    bundle, _ = synthetic.make(envs.load("h1"), folder,
+                               synthetic.SyntheticConfig(seconds=0.4, video_size=64), ingest)
+    return bundle_lib.save(bundle, folder / "h1_walk.npz")

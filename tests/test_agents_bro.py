@@ -220,3 +220,24 @@ def test_checkpoint_of_vmapped_seeds(learner, seeds, tmp_path):
     _, states, _ = seeds
     checkpoint.save(tmp_path / "seeds", states)
     _assert_trees_equal(checkpoint.restore(tmp_path / "seeds", learner, num_seeds=2), states)
+
+
+def test_observation_normalization_counts_every_acted_observation():
+    learner = bro.Bro(Line(), dataclasses.replace(SMALL, normalize_observations=True))
+    train = jax.jit(learner.train, static_argnums=1)
+    state, metrics = train(learner.init(jax.random.PRNGKey(0)), 2 * STEPS)  # resets at 6
+    assert metrics["agent_reset"].sum() == 1  # the statistics survived the agent's reset
+    # Every observation the envs acted on (one-step transitions: the replay's obs) is counted.
+    seen = np.asarray(state.replay.data.obs[:int(state.replay.size)])
+    stats = state.agent.obs_stats
+    assert len(seen) == 2 * STEPS * SMALL.num_envs == int(stats.count.lo)
+    np.testing.assert_allclose(stats.mean, seen.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.std, seen.std(0), rtol=1e-4)
+    # The actor sees the standardized observation.
+    obs = jnp.asarray([[0.3, 2.0], [-5.0, 0.0]])
+    standardized = np.clip((obs - seen.mean(0)) / seen.std(0), -bro.OBS_CLIP, bro.OBS_CLIP)
+    mean, _ = learner.actor_net.apply(state.agent.actor.params, jnp.asarray(standardized))
+    np.testing.assert_allclose(learner.act(state.agent, obs), np.tanh(mean), rtol=1e-5,
+                               atol=1e-6)
+    assert not np.allclose(learner.act(state.agent, obs), learner.act(
+        state.agent.replace(obs_stats=learner.init_obs_stats()), obs))

@@ -89,7 +89,7 @@ def test_settings_change_nested_fields_and_bad_ones_say_why(suite):
             suite.with_settings(base, [bad])
 
 
-def test_learn_gpu_script_runs_its_cpu_twin(tmp_path):
+def test_learn_gpu_script_runs_its_cpu_twin(h1_reference, tmp_path):
     """experiments/learn_gpu.sh as on the accelerator (the gpu preset: MJX physics, the suite,
     files under $OUT), at tiny sizes on a short synthetic walk: one case, two seeds, two
     evaluations after the start."""
@@ -99,16 +99,6 @@ def test_learn_gpu_script_runs_its_cpu_twin(tmp_path):
     import subprocess
     import sys
 
-    from nil_jax import envs
-    from nil_jax.references import bundle as bundle_lib
-    from nil_jax.references import ingest as ingest_lib
-    from nil_jax.references import synthetic
-
-    fast = ingest_lib.IngestConfig(segmenter="background", interpolator="linear",
-                                   encoder="none", resolution=64)
-    bundle, _ = synthetic.make(envs.load("h1"), tmp_path,
-                               synthetic.SyntheticConfig(seconds=0.3, video_size=64), fast)
-    reference = bundle_lib.save(bundle, tmp_path / "h1_walk.npz")
     out = tmp_path / "out"
     root = pathlib.Path(__file__).resolve().parents[1]
     env = dict(os.environ, OUT=str(out),
@@ -116,7 +106,7 @@ def test_learn_gpu_script_runs_its_cpu_twin(tmp_path):
     finished = subprocess.run(
         ["bash", str(root / "experiments" / "learn_gpu.sh"), "--learning-cases", "nil",
          "--learning-seeds", "2", "--learning-env-steps", "64", "--learning-eval-every", "32",
-         "--learning-eval-episodes", "2", "--learning-set", f"reference={reference}",
+         "--learning-eval-episodes", "2", "--learning-set", f"reference={h1_reference}",
          "render_size=32", "chunk_iterations=4", "agent.num_envs=8", "agent.batch_size=16",
          "agent.warmup_steps=16", "agent.replay_capacity=512", "agent.critic_width=16",
          "agent.num_quantiles=4", "agent.actor_width=16"],
@@ -126,14 +116,22 @@ def test_learn_gpu_script_runs_its_cpu_twin(tmp_path):
     settings = record["settings"]
     assert (settings["preset"], settings["backend"], settings["seeds"]) == ("gpu", "mjx", 2)
     assert settings["agent"]["num_envs"] == 8 and settings["agent"]["n_step"] == 3
+    assert settings["agent"]["normalize_observations"]
     nil = record["cases"]["nil"]
     assert [p["env_steps"] for p in nil["points"]] == [0, 32, 64]
     final = nil["points"][-1]
     length = record["episode_length"]
-    assert len(final["seeds"]) == 2 and length == bundle.num_frames - 1
+    assert len(final["seeds"]) == 2 and length == 40  # the 41 frames of the reference
     for metrics in final["seeds"] + list(record["baselines"].values()):
         assert 0 <= metrics["mean_iou"] <= 1 and 0 < metrics["pose_error_rad"] < 3
         assert 1 <= metrics["steps_to_fall_mean"] <= length
+        by_angle = metrics["pose_error_by_angle"]  # H1: 3 root rotations and 19 joints
+        assert len(by_angle) == 22 and "knee_angle_l" in by_angle
+        assert np.mean(list(by_angle.values())) == pytest.approx(metrics["pose_error_rad"])
+    knee = final["summary"]["pose_error_by_angle"]["knee_angle_l"]
+    assert knee["mean"] == pytest.approx(np.mean([m["pose_error_by_angle"]["knee_angle_l"]
+                                                  for m in final["seeds"]]))
     assert "learning: nil (nil reward), 2 seeds" in (out / "learning_log.txt").read_text()
     assert f"--out-dir {out}" in record["command"]
-    assert (out / "learning.md").is_file() and (out / "learning.png").is_file()
+    assert "| knee_angle_l | " in (out / "learning.md").read_text()  # the angle table
+    assert (out / "learning.png").is_file()

@@ -42,15 +42,6 @@ def run():
     return _load_run_module()
 
 
-@pytest.fixture(scope="module")
-def h1_reference(tmp_path_factory):
-    """A 0.4 s synthetic H1 walk (41 frames at 100 Hz) with its ground truth."""
-    folder = tmp_path_factory.mktemp("references")
-    bundle, _ = synthetic.make(envs.load("h1"), folder,
-                               synthetic.SyntheticConfig(seconds=0.4, video_size=64), FAST)
-    return bundle_lib.save(bundle, folder / "h1_walk.npz")
-
-
 def tiny_args(reference, runs_dir, *extra):
     return ["--preset", "quick", "--reference", str(reference), "--render-size", "32",
             "--agent.num-envs", "2", "--agent.critic-width", "16", "--agent.actor-width", "16",
