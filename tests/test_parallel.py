@@ -63,7 +63,8 @@ def child(folder: pathlib.Path) -> dict:
                                synthetic.SyntheticConfig(seconds=0.3, video_size=64), fast)
     reference = bundle_lib.save(bundle, folder / "h1_walk.npz")
     agent = bro.preset("bro_fast", num_envs=8, batch_size=16, replay_capacity=64,
-                       warmup_steps=16, critic_width=32, actor_width=32, num_quantiles=4)
+                       warmup_steps=16, critic_width=32, actor_width=32, num_quantiles=4,
+                       normalize_observations=True)  # as the presets: statistics of all envs
     config = training.TrainConfig(reference=str(reference), references_dir=str(folder),
                                   backend="mjx", actuation="pd", pd_action_scale=0.3,
                                   render_size=16, encoder="none", agent=agent,
