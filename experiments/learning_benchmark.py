@@ -286,7 +286,8 @@ def angle_table(record: dict) -> list[str]:
     baselines = {f"{policy} action": metrics["pose_error_by_angle"]
                  for policy, metrics in record["baselines"].items()
                  if "pose_error_by_angle" in metrics}
-    angles = list(next(iter(columns.values())))
+    # The robot's order (root, left leg, right leg, torso, arms); JSON keeps keys sorted.
+    angles = record.get("angles") or list(next(iter(columns.values())))
     lines = ["", "pose error (rad) by angle at the end of training, mean over seeds (the pose "
              "error is their mean):", "",
              "| angle | " + " | ".join([*columns, *baselines]) + " |",
@@ -419,6 +420,8 @@ def run_learning(args, machine) -> tuple[dict, str]:
         trained[resolved] = case
         if "baselines" not in record:
             record["baselines"] = baselines(setup, args.learning_eval_episodes, eval_key)
+            if "pose_error_by_angle" in record["baselines"]["zero"]:
+                record["angles"] = list(record["baselines"]["zero"]["pose_error_by_angle"])
             record["episode_length"] = setup.bundle.num_frames - 1
             record["settings"]["agent"] = dataclasses.asdict(setup.learner.config)  # as run
             record["notes"] += list(dict.fromkeys(setup.notes))

@@ -133,5 +133,7 @@ def test_learn_gpu_script_runs_its_cpu_twin(h1_reference, tmp_path):
                                                   for m in final["seeds"]]))
     assert "learning: nil (nil reward), 2 seeds" in (out / "learning_log.txt").read_text()
     assert f"--out-dir {out}" in record["command"]
+    assert record["angles"][:4] == ["pelvis_tilt", "pelvis_list", "pelvis_rotation",
+                                    "hip_rotation_l"]  # the robot's order, not JSON's
     assert "| knee_angle_l | " in (out / "learning.md").read_text()  # the angle table
     assert (out / "learning.png").is_file()
