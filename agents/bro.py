@@ -14,6 +14,10 @@ One training iteration (`train_step`), for N environments and U updates:
       --insert--> replay (capacity rows, circular)      done envs --env.reset--> new episodes
       --full reset of the agent on the schedule--> U x [sample batch --update--> agent]  (lax.scan)
 
+With `normalize_observations` every network sees observations standardized by the running mean
+and std of all those the envs acted on (`AgentState.obs_stats`, counted each iteration before
+the updates); the replay keeps raw observations.
+
 One update (`update`), as the official `_update`: critic (quantile Huber against the soft
 distributional target of the target critics), target critic (Polyak), conservative actor,
 optimistic actor, then the duals (temperature alpha, optimism beta_opt, KL weight beta_kl).
