@@ -5,7 +5,8 @@
         -> contacts only between primitive foot proxies and the floor
            (mesh feet are replaced by two capsules fitted to the sole)
         -> Newton solver with few iterations, 0.002 s x 5 substeps = 100 Hz control
-        -> a side camera `nil_track` (trackcom) framing the whole robot
+        -> a tracking camera `nil_track` (trackcom) framing the whole robot: from the side
+           (`camera="side"`, the default) or a three-quarter view (`camera="oblique"`)
         -> home pose (keyframe "home"): qpos0 clipped to joint limits, per-robot overrides,
            lowered or raised so that the lowest foot touches the floor
 
@@ -30,6 +31,12 @@ from nil_jax.envs import assets, scenes
 
 CAMERA_NAME = "nil_track"
 CAMERA_FOVY = 45.0
+# Views of the tracking camera: (azimuth, elevation) in degrees. Azimuth 0 is the side view
+# (the camera on -y looking along +y, the robot walking along +x across the image); positive
+# azimuth turns the camera towards the robot's front, positive elevation raises it to look
+# down. From the side, sideways motions (hip rotation and adduction, shoulder abduction)
+# barely change the silhouette; the oblique view (about VIL's HumanoidBench camera) shows them.
+CAMERA_VIEWS = {"side": (0.0, 0.0), "oblique": (35.0, 15.0)}
 NEAR_CLIP = 0.01  # m, MuJoCo renderer's near clipping distance
 PHYSICS_TIMESTEP = 0.002
 N_SUBSTEPS = 5  # 100 Hz control, the rate of the reference videos after resampling
@@ -154,6 +161,7 @@ class Embodiment:
     camera_id: int
     robot_nq: int  # the robot's qpos come first; a skill scene's free joints follow
     scene: Optional[scenes.Scene] = None  # the skill scene (sit, hang, balance), if any
+    camera: str = "side"  # the view of the tracking camera (CAMERA_VIEWS)
 
     @property
     def name(self) -> str:
@@ -317,14 +325,29 @@ def feet_at(model: mujoco.MjModel, qpos: np.ndarray, height_qpos: int, foot_geom
     return qpos
 
 
+def check_camera(camera: str) -> str:
+    if camera not in CAMERA_VIEWS:
+        raise ValueError(f"Unknown camera view {camera!r}; choose one of {sorted(CAMERA_VIEWS)}.")
+    return camera
+
+
 def _add_tracking_camera(mj_spec: mujoco.MjSpec, model: mujoco.MjModel, root: int,
-                         home_qpos: np.ndarray) -> None:
-    """A side camera (on -y, looking along +y, +z up) that keeps the whole robot in view.
+                         home_qpos: np.ndarray, camera: str) -> None:
+    """A camera of view `camera` (CAMERA_VIEWS) that keeps the whole robot in view, +z up.
 
     A trackcom camera keeps the world-frame offset to the subtree CoM that it has at qpos0
-    (MuJoCo's `cam_pos0`). The offset is chosen at the home pose so that the robot is centred
-    and fits with a margin, then expressed in the root body's frame at qpos0.
+    (MuJoCo's `cam_pos0`) and its world orientation. The offset is chosen at the home pose so
+    that the robot is centred and fits with a margin, then expressed in the root body's frame
+    at qpos0.
     """
+    azimuth, elevation = (math.radians(a) for a in CAMERA_VIEWS[camera])
+    # The view direction (from the camera to the robot) and the camera's right and up axes.
+    forward = np.array([-math.sin(azimuth) * math.cos(elevation),
+                        math.cos(azimuth) * math.cos(elevation), -math.sin(elevation)])
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+
     home = mujoco.MjData(model)
     home.qpos[:] = home_qpos
     mujoco.mj_forward(model, home)
@@ -333,41 +356,55 @@ def _add_tracking_camera(mj_spec: mujoco.MjSpec, model: mujoco.MjModel, root: in
     centers = home.geom_xpos[body_geoms]
     radius = model.geom_rbound[body_geoms][:, None]
     low, high = (centers - radius).min(0), (centers + radius).max(0)
-    extent = max(high[2] - low[2], high[0] - low[0])
+    # The robot's extent across the image, along the camera's right and up axes.
+    extent = max(np.max(centers @ axis + radius[:, 0]) - np.min(centers @ axis - radius[:, 0])
+                 for axis in (right, up))
     distance = 1.15 * extent / (2 * math.tan(math.radians(CAMERA_FOVY) / 2))
-    cam_offset = 0.5 * (low + high) + np.array([0.0, -distance, 0.0]) - home.subtree_com[root]
+    cam_offset = 0.5 * (low + high) - distance * forward - home.subtree_com[root]
 
     default = mujoco.MjData(model)  # qpos0: the root frame is world-aligned there
     mujoco.mj_forward(model, default)
     local = cam_offset + default.subtree_com[root] - default.xpos[root]
-    s = math.sqrt(0.5)
+    # MuJoCo's camera looks along its -z (+x right, +y up): tilt it about x until it looks
+    # along `forward` seen from the side, then turn it about the vertical by the azimuth.
+    # (Half-angle square roots keep the side view's quaternion exactly sqrt(1/2).)
+    cos_tilt = math.sin(elevation)  # cos(90 degrees - elevation)
+    tilt = np.array([math.sqrt(0.5 * (1 + cos_tilt)), math.sqrt(0.5 * (1 - cos_tilt)), 0, 0])
+    turn = np.array([math.cos(azimuth / 2), 0.0, 0.0, math.sin(azimuth / 2)])
+    quat = np.zeros(4)
+    mujoco.mju_mulQuat(quat, turn, tilt)
     mj_spec.body(_name(model, mujoco.mjtObj.mjOBJ_BODY, root)).add_camera(
         name=CAMERA_NAME, mode=mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM,
-        pos=local, quat=[s, s, 0, 0], fovy=CAMERA_FOVY,
+        pos=local, quat=quat, fovy=CAMERA_FOVY,
     )
 
 
-def load(name: str, mjcf_path: Optional[str] = None, skill: Optional[str] = None) -> Embodiment:
+def load(name: str, mjcf_path: Optional[str] = None, skill: Optional[str] = None,
+         camera: str = "side") -> Embodiment:
     """Loads a registered embodiment (optionally from the user's own MJCF file), in the scene
-    of `skill` (`scenes.SKILLS`; None or "walk": the plain floor). One model per distinct
-    (name, file, scene), however the arguments are passed."""
+    of `skill` (`scenes.SKILLS`; None or "walk": the plain floor), seen by the tracking camera
+    from view `camera` (CAMERA_VIEWS). One model per distinct (name, file, scene, camera),
+    however the arguments are passed."""
     return _load(name, None if mjcf_path is None else os.fspath(mjcf_path),
-                 scenes.optional_skill(skill))
+                 scenes.optional_skill(skill), check_camera(camera))
 
 
 @functools.lru_cache(maxsize=None)
-def _load(name: str, mjcf_path: Optional[str], skill: Optional[str]) -> Embodiment:
+def _load(name: str, mjcf_path: Optional[str], skill: Optional[str], camera: str) -> Embodiment:
     if name not in EMBODIMENTS:
         raise ValueError(f"Unknown embodiment {name!r}; choose one of {sorted(EMBODIMENTS)}.")
     spec = EMBODIMENTS[name]
     if mjcf_path is not None:
         spec = dataclasses.replace(spec, mjcf_path=os.fspath(mjcf_path))
-    return build(spec, None if skill is None else scenes.builder(name, skill))
+    return build(spec, None if skill is None else scenes.builder(name, skill), camera)
 
 
-def build(spec: EmbodimentSpec, scene: Optional[scenes.SceneBuilder] = None) -> Embodiment:
+def build(spec: EmbodimentSpec, scene: Optional[scenes.SceneBuilder] = None,
+          camera: str = "side") -> Embodiment:
     """Builds the MJX-friendly model of any EmbodimentSpec (registered or the user's), with a
-    skill scene when `scene` is given (its start pose becomes the home pose)."""
+    skill scene when `scene` is given (its start pose becomes the home pose) and the tracking
+    camera's view `camera` (CAMERA_VIEWS)."""
+    check_camera(camera)
     mj_spec = _build_spec(spec)
     model = mj_spec.compile()
     root = _root_body(model)
@@ -391,7 +428,7 @@ def build(spec: EmbodimentSpec, scene: Optional[scenes.SceneBuilder] = None) -> 
     foot_geoms = np.array([g for g in range(model.ngeom) if model.geom_conaffinity[g]])
     qpos = feet_at(model, qpos[None], int(model.jnt_qposadr[vertical[0]]), foot_geoms, 0.0)[0]
 
-    _add_tracking_camera(mj_spec, model, root, qpos)
+    _add_tracking_camera(mj_spec, model, root, qpos, camera)
     robot_nq = model.nq
     scene_qpos = np.zeros(0)
     if scene is not None:
@@ -434,4 +471,5 @@ def build(spec: EmbodimentSpec, scene: Optional[scenes.SceneBuilder] = None) -> 
         camera_id=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME),
         robot_nq=robot_nq,
         scene=None if scene is None else scene.finish(model),
+        camera=camera,
     )

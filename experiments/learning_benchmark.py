@@ -164,18 +164,8 @@ def seeds_evaluation(setup: training.Setup, episodes: int):
 
 def summarize_seeds(setup: training.Setup, records: dict) -> list[dict]:
     seeds = len(jax.tree.leaves(records)[0])
-    return [summarize_policy(setup, jax.tree.map(lambda x, i=i: x[i], records))
+    return [training.summarize(setup, jax.tree.map(lambda x, i=i: x[i], records))
             for i in range(seeds)]
-
-
-def summarize_policy(setup: training.Setup, records: dict) -> dict:
-    """The protocol's metrics of one policy's records, and with ground truth its pose error
-    by joint name (which angles make up the mean)."""
-    metrics = training.summarize(setup, records)
-    by_angle = training.pose_error_by_angle(setup, records)
-    if by_angle is not None:
-        metrics["pose_error_by_angle"] = by_angle
-    return metrics
 
 
 def train_case(setup: training.Setup, seeds: list[int], env_steps: int, eval_every: int,
@@ -233,9 +223,9 @@ def baselines(setup: training.Setup, episodes: int, eval_key: jax.Array) -> dict
     networks stand in, without the replay and envs of a whole learner state)."""
     learner = setup.learner
     unused = learner.fresh_agent(learner.init_params(jax.random.PRNGKey(0)))
-    _, records = training.evaluate(setup, unused, eval_key, episodes,
+    metrics, _ = training.evaluate(setup, unused, eval_key, episodes,
                                    policies=("zero", "random"))
-    return {policy: summarize_policy(setup, r) for policy, r in records.items()}
+    return metrics
 
 
 def final_table(record: dict) -> list[str]:

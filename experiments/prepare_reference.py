@@ -23,7 +23,7 @@ import logging
 import os
 import pathlib
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede `import mujoco`
 
@@ -48,16 +48,18 @@ def _png(image: np.ndarray) -> bytes:
 def stage1(embodiment: str = "h1", skill: str = sim_frames.DEFAULT_SKILL,
            out: str = "references/stage1", height: int = 224, width: Optional[int] = None,
            transparent: bool = False, shadows: bool = True,
-           background: tuple[int, int, int] = sim_frames.DEFAULT_BACKGROUND) -> None:
+           background: tuple[int, int, int] = sim_frames.DEFAULT_BACKGROUND,
+           camera: Literal["side", "oblique"] = "side") -> None:
     """Write <out>/<name>_e0.png (+ _e0_mask.png, _prompt.txt) and print the prompt.
 
     SKILL: free text for the prompt, or a skill scene (sit, hang, balance): the robot is then
     drawn in its scene's start pose with the scene's objects (the mask is the robot's alone),
     and <name> is <embodiment>_<skill> instead of <embodiment>.
     width > height (e.g. 1280 x 720 for 16:9 generators) keeps the simulation view as the
-    central square. --transparent writes RGBA with alpha 0 around the robot."""
+    central square. --transparent writes RGBA with alpha 0 around the robot. --camera: the
+    tracking camera's view (side or oblique); ingest and train with the same view."""
     scene = skill if skill in envs.SKILLS else None
-    body = envs.load(embodiment, skill=scene)
+    body = envs.load(embodiment, skill=scene, camera=camera)
     frame, mask = sim_frames.initial_frame(body, height, width or height,
                                            None if transparent else background, shadows)
     folder = pathlib.Path(out)
@@ -71,11 +73,13 @@ def stage1(embodiment: str = "h1", skill: str = sim_frames.DEFAULT_SKILL,
 
 
 def ingest(video: str, embodiment: str, out: str,
-           config: Annotated[ingest_lib.IngestConfig, Flat] = ingest_lib.IngestConfig()) -> None:
+           config: Annotated[ingest_lib.IngestConfig, Flat] = ingest_lib.IngestConfig(),
+           camera: Literal["side", "oblique"] = "side") -> None:
     """Turn a generated video of EMBODIMENT into a ReferenceBundle written to OUT (.npz). A
-    skill scene's video (--skill sit|hang|balance) is checked against that scene's e0."""
+    skill scene's video (--skill sit|hang|balance) is checked against that scene's e0;
+    --camera: the view its e0 was rendered from (stage1 --camera)."""
     scene = config.skill if config.skill in envs.SKILLS else None
-    bundle = ingest_lib.ingest(video, envs.load(embodiment, skill=scene), config)
+    bundle = ingest_lib.ingest(video, envs.load(embodiment, skill=scene, camera=camera), config)
     path = bundle_lib.save(bundle, out)
     _summary(bundle, path)
 
@@ -85,15 +89,17 @@ def synthetic(embodiments: tuple[str, ...] = ("h1", "talos", "g1", "a1"),
               config: Annotated[synthetic_lib.SyntheticConfig, Flat] =
               synthetic_lib.SyntheticConfig(),
               ingest_config: Annotated[ingest_lib.IngestConfig, Flat] =
-              ingest_lib.IngestConfig(segmenter="background")) -> None:
+              ingest_lib.IngestConfig(segmenter="background"),
+              camera: Literal["side", "oblique"] = "side") -> None:
     """Procedural walks: <out>/<name>_walk.mp4 and <out>/<name>_walk.npz with ground truth.
     --skill sit|hang|balance: that skill's key-pose motion in its scene instead
-    (<name>_<skill>.*; H1 and G1)."""
+    (<name>_<skill>.*; H1 and G1). --camera: the tracking camera's view (oblique: the files
+    end in _oblique)."""
     for name in embodiments:
-        body = envs.load(name, skill=skill)
+        body = envs.load(name, skill=skill, camera=camera)
         bundle, video = synthetic_lib.make(body, out, config, ingest_config)
         path = bundle_lib.save(bundle, pathlib.Path(out)
-                               / f"{name}_{synthetic_lib.motion_name(body)}.npz")
+                               / f"{synthetic_lib.file_stem(body)}.npz")
         print(f"{video}")
         _summary(bundle, path)
 

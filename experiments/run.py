@@ -157,9 +157,9 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
             raise SystemExit(f"--config-file {path} does not exist.")
         stored = json.loads(path.read_text())
         stored = stored.get("config", stored)  # an earlier run's config.json works as is
-        default = from_dict(RunConfig, deep_merge(dataclasses.asdict(default),
-                                                  without_run_control(stored)))
         try:  # tyro checks the flag's value against the Literal, not a file's
+            default = from_dict(RunConfig, deep_merge(dataclasses.asdict(default),
+                                                      without_run_control(stored)))
             sources.check(default.reward_source)
         except ValueError as e:
             raise SystemExit(f"{path}: {e}") from e
@@ -288,10 +288,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
                                          config.eval_episodes)
     if not main_process:  # every host ran its share; process 0 writes the results
         return {}
-    for policy, policy_records in records.items():  # which angles make up the pose error
-        by_angle = training.pose_error_by_angle(setup, policy_records)
-        if by_angle is not None:
-            metrics[policy]["pose_error_by_angle"] = by_angle
     metrics = {"protocol": training.PROTOCOL, "episodes": config.eval_episodes,
                "episode_length": setup.bundle.num_frames - 1, **metrics,
                "training": {"env_steps": setup.learner.env_steps(state),

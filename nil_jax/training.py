@@ -34,7 +34,7 @@ import shutil
 import signal
 import threading
 import time
-from typing import Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +73,9 @@ class TrainConfig:
     actuation: str = "torque"  # "torque" (the model's motors) or "pd" (joint targets), robot_env
     pd_action_scale: float = 1.0  # rad of target offset from the home pose per unit of action
     observe_phase: bool = True  # the policy sees t / (T - 1), how far the reference has played
+    # The tracking camera's view, for the reference and the simulation alike
+    # (envs.embodiments.CAMERA_VIEWS): "side", or "oblique" (three-quarter, from the front).
+    camera: Literal["side", "oblique"] = "side"
     # A bundle (.npz), or a raw video of the embodiment (prepared into a bundle in
     # references_dir on first use), or None: the embodiment's synthetic walk.
     reference: Optional[str] = None
@@ -91,6 +94,9 @@ class TrainConfig:
     chunk_iterations: int = 50
     checkpoint_every: int = 10  # chunks
     seed: int = 0
+
+    def __post_init__(self):
+        envs.embodiments.check_camera(self.camera)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +143,9 @@ def load_reference(config: TrainConfig, embodiment: Embodiment
             config.ingest, skill=config.skill, encoder_checkpoint=config.encoder_checkpoint,
             encoder=config.encoder if config.encoder != "random" else "none")
         # The bundle is cached under the video's digest and every ingest setting.
-        settings = json.dumps([embodiment.name, dataclasses.asdict(ingest)], sort_keys=True)
+        views = [] if embodiment.camera == "side" else [embodiment.camera]
+        settings = json.dumps([embodiment.name, dataclasses.asdict(ingest), *views],
+                              sort_keys=True)
         digest = (assets.sha256_file(path)[:12] + "_"
                   + hashlib.sha256(settings.encode()).hexdigest()[:8])
         bundle_path = pathlib.Path(config.references_dir) / f"{path.stem}_{digest}.npz"
@@ -147,7 +155,8 @@ def load_reference(config: TrainConfig, embodiment: Embodiment
                            path, bundle_path)
             bundle_lib.save(ingest_lib.ingest(path, embodiment, ingest), bundle_path)
         path = bundle_path
-    bundle = bundle_lib.load(path, embodiment=embodiment.name, nq=embodiment.nq)
+    bundle = bundle_lib.load(path, embodiment=embodiment.name, nq=embodiment.nq,
+                             camera=embodiment.camera)
     if embodiment.scene is not None and bundle.metadata.get("skill") != embodiment.scene.skill:
         raise EmbodimentMismatchError(
             f"The reference {path} shows skill {bundle.metadata.get('skill')!r}; this run's "
@@ -198,7 +207,7 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
     mesh = parallel.data_mesh(devices)
     parallel.check_divisible(config.agent, mesh)
     scene = config.skill if config.skill in envs.SKILLS else None
-    embodiment = envs.embodiments.load(config.embodiment, skill=scene)
+    embodiment = envs.embodiments.load(config.embodiment, skill=scene, camera=config.camera)
     bundle, reference_path = load_reference(config, embodiment)
     sources.check_ground_truth(config.reward_source, bundle.ground_truth_qpos,
                                str(reference_path))
@@ -465,9 +474,11 @@ def after_falls_held(records: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarr
     return {name: value[held, columns] for name, value in records.items()}, steps
 
 
-def summarize(setup: Setup, records: dict[str, np.ndarray]) -> dict[str, float]:
+def summarize(setup: Setup, records: dict[str, np.ndarray]) -> dict[str, Any]:
     """Means over the episodes of one policy (records (T, E) from `evaluation_function`); see
-    PROTOCOL. Scores after a fall compare the fallen state with the reference as it goes on."""
+    PROTOCOL. Scores after a fall compare the fallen state with the reference as it goes on.
+    With ground truth, also `pose_error_by_angle`: {joint name: mean |angle - ground truth|
+    (rad)}, the angles whose mean is pose_error_rad."""
     length = records["done"].shape[0]
     held, steps = after_falls_held(records)
     alive = np.arange(length)[:, None] < steps[None]
@@ -489,6 +500,8 @@ def summarize(setup: Setup, records: dict[str, np.ndarray]) -> dict[str, float]:
     error = angle_errors(setup, held)
     if error is not None:
         metrics["pose_error_rad"] = float(error.mean())
+        metrics["pose_error_by_angle"] = {name: float(value) for name, value in
+                                          zip(angle_names(setup), error.mean((0, 1)))}
     return metrics
 
 
@@ -503,19 +516,12 @@ def angle_errors(setup: Setup, held: dict[str, np.ndarray]) -> Optional[np.ndarr
     return np.abs(held["qpos"][..., angles] - truth[1:length + 1, None, angles])
 
 
-def pose_error_by_angle(setup: Setup, records: dict[str, np.ndarray]
-                        ) -> Optional[dict[str, float]]:
-    """{joint name: mean |angle - ground truth| (rad)} over the steps and episodes of one
-    policy's records (falls held, as `summarize` scores them): which angles make up
-    pose_error_rad, its mean. None without ground truth."""
-    error = angle_errors(setup, after_falls_held(records)[0])
-    if error is None:
-        return None
+def angle_names(setup: Setup) -> list[str]:
+    """The joint name of each angle of `angle_errors`, in the robot's order."""
     model = setup.embodiment.mj_model
     joint_of = {int(model.jnt_qposadr[j]): j for j in range(model.njnt)}
-    names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, joint_of[int(q)])
-             for q in envs.embodiments.angle_qpos(setup.embodiment)]
-    return {name: float(value) for name, value in zip(names, error.mean((0, 1)))}
+    return [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, joint_of[int(q)])
+            for q in envs.embodiments.angle_qpos(setup.embodiment)]
 
 
 def evaluate(setup: Setup, agent, key: jax.Array, num_episodes: int = 5,

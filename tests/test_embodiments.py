@@ -57,21 +57,35 @@ def test_home_pose_stands_on_the_floor(name):
             assert model.jnt_range[j, 0] - 1e-9 <= q <= model.jnt_range[j, 1] + 1e-9
 
 
+@pytest.mark.parametrize("camera", sorted(embodiments.CAMERA_VIEWS))
 @pytest.mark.parametrize("name", NAMES)
-def test_camera_frames_the_whole_robot(name):
-    emb = embodiments.load(name)
+def test_camera_frames_the_whole_robot(name, camera):
+    emb = embodiments.load(name, camera=camera)
+    assert emb.camera == camera
     model, data = emb.mj_model, mujoco.MjData(emb.mj_model)
     data.qpos[:] = emb.init_qpos
     mujoco.mj_forward(model, data)
     cam_pos, cam_mat = data.cam_xpos[emb.camera_id], data.cam_xmat[emb.camera_id].reshape(3, 3)
-    np.testing.assert_allclose(cam_mat[:, 2], [0, -1, 0], atol=1e-9)  # looks along +y
-    np.testing.assert_allclose(cam_mat[:, 1], [0, 0, 1], atol=1e-9)  # +z up
+    azimuth, elevation = np.radians(embodiments.CAMERA_VIEWS[camera])
+    looks_along = [-np.sin(azimuth) * np.cos(elevation), np.cos(azimuth) * np.cos(elevation),
+                   -np.sin(elevation)]
+    np.testing.assert_allclose(-cam_mat[:, 2], looks_along, atol=1e-9)
+    assert abs(cam_mat[2, 0]) < 1e-9 and cam_mat[2, 1] > 0  # level: the image's x horizontal
+    if camera == "side":
+        np.testing.assert_allclose(cam_mat[:, 2], [0, -1, 0], atol=1e-9)  # looks along +y
+        np.testing.assert_allclose(cam_mat[:, 1], [0, 0, 1], atol=1e-9)  # +z up
     body = [g for g in range(model.ngeom) if model.geom_bodyid[g] and model.geom_group[g] < 3]
     local = (data.geom_xpos[body] - cam_pos) @ cam_mat  # camera frame
     depth = -local[:, 2]
     t = np.tan(np.radians(model.cam_fovy[emb.camera_id]) / 2)
     assert np.all(depth > 0)
     assert np.all(np.abs(local[:, 0] / depth) < t) and np.all(np.abs(local[:, 1] / depth) < t)
+
+
+def test_unknown_camera_view_is_refused():
+    with pytest.raises(ValueError, match=r"Unknown camera view 'top'; choose one of "
+                       r"\['oblique', 'side'\]"):
+        embodiments.load("h1", camera="top")
 
 
 def test_camera_tracks_the_center_of_mass():

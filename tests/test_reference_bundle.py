@@ -57,6 +57,19 @@ def test_embodiment_mismatch_on_load(tmp_path):
         bundle_lib.load(path, embodiment="g1", nq=25)
 
 
+def test_camera_view_mismatch_on_load(tmp_path):
+    side = bundle_lib.save(make_bundle(), tmp_path / "side.npz")  # says no view: the side one
+    assert bundle_lib.load(side, embodiment="g1", camera="side").camera == "side"
+    with pytest.raises(EmbodimentMismatchError, match=r"from the 'side' camera view; this run "
+                       r"renders the simulation from the 'oblique' view.*--camera side"):
+        bundle_lib.load(side, embodiment="g1", camera="oblique")
+    oblique = bundle_lib.save(make_bundle(metadata=metadata(camera="oblique")),
+                              tmp_path / "oblique.npz")
+    assert bundle_lib.load(oblique, embodiment="g1", camera="oblique").camera == "oblique"
+    with pytest.raises(EmbodimentMismatchError, match="'oblique' camera view"):
+        bundle_lib.load(oblique, embodiment="g1", camera="side")
+
+
 def test_encoder_mismatch_on_load(tmp_path):
     path = bundle_lib.save(make_bundle(), tmp_path / "g1.npz")
     with pytest.raises(BundleFormatError, match="encoder 'random'"):

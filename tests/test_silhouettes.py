@@ -15,9 +15,10 @@ POSES = 8
 ROOT_TURN = 0.3  # rad: random poses turn the root by up to this much about each axis
 
 
-@pytest.mark.parametrize("name", ["h1", "talos", "g1", "a1"])
-def test_robot_masks_match_mujoco_segmentation(name):
-    embodiment = envs.embodiments.load(name)
+@pytest.mark.parametrize("name, camera", [("h1", "side"), ("talos", "side"), ("g1", "side"),
+                                          ("a1", "side"), ("h1", "oblique")])
+def test_robot_masks_match_mujoco_segmentation(name, camera):
+    embodiment = envs.embodiments.load(name, camera=camera)
     model = embodiment.mj_model
     sil = silhouettes.make(embodiment, SIZE, SIZE, tiers=1)
     # Every visible body geom is drawn (primitives as they are, meshes through proxies).
@@ -37,7 +38,7 @@ def test_robot_masks_match_mujoco_segmentation(name):
             reference = np.isin(segmentation, sil.spec.label)
             assert reference.sum() > 1000  # the robot is in view
             ious.append(float(renderer.mask_iou(reference, mask)))
-    print(f"{name}: mean mask IoU vs mujoco.Renderer {np.mean(ious):.3f} "
+    print(f"{name} ({camera}): mean mask IoU vs mujoco.Renderer {np.mean(ious):.3f} "
           f"(min {np.min(ious):.3f}) over {POSES} poses, {len(sil.spec.label)} primitives, "
           f"frames per tier {np.bincount(frames['tier'], minlength=2).tolist()}")
     assert np.mean(ious) >= ROBOT_IOU, ious

@@ -65,6 +65,12 @@ class ReferenceBundle:
         return self.metadata["embodiment"]
 
     @property
+    def camera(self) -> str:
+        """The view of the tracking camera the video was made from (envs.embodiments.
+        CAMERA_VIEWS); bundles that do not say are from the side view, the only one then."""
+        return self.metadata.get("camera", "side")
+
+    @property
     def control_dt(self) -> float:
         return float(self.metadata["control_dt"])
 
@@ -135,8 +141,10 @@ def validate(bundle: ReferenceBundle) -> None:
                   f"{bundle.masks.shape}")
 
 
-def check_embodiment(bundle: ReferenceBundle, embodiment: str, nq: Optional[int] = None) -> None:
-    """Raises EmbodimentMismatchError unless the bundle was made for `embodiment`."""
+def check_embodiment(bundle: ReferenceBundle, embodiment: str, nq: Optional[int] = None,
+                     camera: Optional[str] = None) -> None:
+    """Raises EmbodimentMismatchError unless the bundle was made for `embodiment` (and, when
+    given, from the camera view `camera`)."""
     if bundle.embodiment != embodiment:
         raise EmbodimentMismatchError(
             f"The reference bundle was made for embodiment {bundle.embodiment!r} "
@@ -148,6 +156,12 @@ def check_embodiment(bundle: ReferenceBundle, embodiment: str, nq: Optional[int]
             f"The bundle's ground-truth poses have {bundle.ground_truth_qpos.shape[1]} "
             f"coordinates, the {embodiment!r} model has nq={nq}: the model changed since the "
             "bundle was made.")
+    if camera is not None and bundle.camera != camera:
+        raise EmbodimentMismatchError(
+            f"The reference bundle shows {embodiment!r} from the {bundle.camera!r} camera view; "
+            f"this run renders the simulation from the {camera!r} view, so their masks would "
+            f"never match. Train with --camera {bundle.camera}, or make the reference from the "
+            f"{camera!r} view (experiments/prepare_reference.py stage1/ingest --camera {camera}).")
 
 
 def to_bytes(bundle: ReferenceBundle) -> bytes:
@@ -173,8 +187,10 @@ def save(bundle: ReferenceBundle, path: str | os.PathLike) -> pathlib.Path:
 
 
 def load(path: str | os.PathLike, *, embodiment: Optional[str] = None,
-         encoder_id: Optional[str] = None, nq: Optional[int] = None) -> ReferenceBundle:
-    """Reads and validates a bundle; with `embodiment` / `encoder_id` also checks that it fits.
+         encoder_id: Optional[str] = None, nq: Optional[int] = None,
+         camera: Optional[str] = None) -> ReferenceBundle:
+    """Reads and validates a bundle; with `embodiment` (and `nq`, `camera`) / `encoder_id` also
+    checks that it fits.
 
     `encoder_id`: the TimeSformer checkpoint training will use; the bundle's embeddings must
     come from the same one (a bundle without embeddings fails too)."""
@@ -202,7 +218,7 @@ def load(path: str | os.PathLike, *, embodiment: Optional[str] = None,
     except BundleFormatError as e:
         raise BundleFormatError(f"{path}: {e}") from e
     if embodiment is not None:
-        check_embodiment(bundle, embodiment, nq)
+        check_embodiment(bundle, embodiment, nq, camera)
     if encoder_id is not None and bundle.encoder_id != encoder_id:
         raise BundleFormatError(
             f"{path}: embeddings come from encoder {bundle.encoder_id!r}, training uses "

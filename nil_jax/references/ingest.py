@@ -162,7 +162,7 @@ def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
     skill = embodiment.scene.skill if embodiment.scene is not None else config.skill
     metadata = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "nil_jax": nil_jax.__version__,
-        "embodiment": embodiment.name,
+        "embodiment": embodiment.name, "camera": embodiment.camera,
         "skill": skill, "prompt": sim_frames.prompt(embodiment, skill),
         "source": {"file": pathlib.Path(video.path).name, "sha256": video.sha256,
                    "frames": video.num_frames, "height": height, "width": width,

@@ -215,6 +215,12 @@ def motion_name(embodiment: Embodiment) -> str:
     return "walk" if embodiment.scene is None else embodiment.scene.skill
 
 
+def file_stem(embodiment: Embodiment) -> str:
+    """<embodiment>_<motion>, and _<view> unless the camera is the side view."""
+    view = "" if embodiment.camera == "side" else f"_{embodiment.camera}"
+    return f"{embodiment.name}_{motion_name(embodiment)}{view}"
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     seconds: float = 3.0  # video length
@@ -228,8 +234,8 @@ def make(embodiment: Embodiment, folder: str | os.PathLike,
          config: SyntheticConfig = SyntheticConfig(),
          ingest_config: ingest_lib.IngestConfig = ingest_lib.IngestConfig(segmenter="background")
          ) -> tuple[ReferenceBundle, pathlib.Path]:
-    """Renders the walk (or the skill scene's motion) to `folder`/<name>_<motion>.mp4, ingests
-    it, adds the ground truth.
+    """Renders the walk (or the skill scene's motion) to `folder`/`file_stem`.mp4, ingests it,
+    adds the ground truth.
 
     Returns the bundle (not saved) and the video path."""
     started = time.perf_counter()
@@ -238,7 +244,7 @@ def make(embodiment: Embodiment, folder: str | os.PathLike,
                                             config.video_size, config.video_size,
                                             config.video_background, config.shadows)
     motion = motion_name(embodiment)
-    video = write_video(pathlib.Path(folder) / f"{embodiment.name}_{motion}.mp4", frames,
+    video = write_video(pathlib.Path(folder) / f"{file_stem(embodiment)}.mp4", frames,
                         config.video_fps)
     rendered = time.perf_counter()
     # With a scene in the picture, the simulator's masks stand in for the segmenter.
@@ -267,11 +273,14 @@ def cache_path(embodiment: Embodiment, folder: str | os.PathLike,
                config: SyntheticConfig = SyntheticConfig(),
                ingest_config: ingest_lib.IngestConfig =
                ingest_lib.IngestConfig(segmenter="background")) -> pathlib.Path:
-    """Where `load_or_make` keeps the reference: its name digests every setting."""
+    """Where `load_or_make` keeps the reference: its name digests every setting (the camera
+    view only when it is not the side view, so that the side view's cached files keep their
+    names)."""
+    views = [] if embodiment.camera == "side" else [embodiment.camera]
     settings = json.dumps([bundle_lib.FORMAT_VERSION, dataclasses.asdict(config),
-                           dataclasses.asdict(ingest_config)], sort_keys=True)
+                           dataclasses.asdict(ingest_config), *views], sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
-    return pathlib.Path(folder) / f"{embodiment.name}_{motion_name(embodiment)}_{digest}.npz"
+    return pathlib.Path(folder) / f"{file_stem(embodiment)}_{digest}.npz"
 
 
 def load_or_make(embodiment: Embodiment, folder: str | os.PathLike,
@@ -283,7 +292,8 @@ def load_or_make(embodiment: Embodiment, folder: str | os.PathLike,
     path = cache_path(embodiment, folder, config, ingest_config)
     if path.exists():
         try:
-            return bundle_lib.load(path, embodiment=embodiment.name, nq=embodiment.nq)
+            return bundle_lib.load(path, embodiment=embodiment.name, nq=embodiment.nq,
+                                   camera=embodiment.camera)
         except BundleFormatError as e:
             logger.warning("Cached synthetic reference %s is unusable (%s); making it again.",
                            path, e)
