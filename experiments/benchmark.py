@@ -2,7 +2,9 @@
 TimeSformer clips/s (`--suite timesformer`, measured by experiments/encoder_benchmark.py),
 BRO updates/s and training env steps/s (`--suite agent`, experiments/agent_benchmark.py), and
 the whole NIL program stage by stage against a per-step sequential baseline, with its scaling
-over devices (`--suite program`, experiments/program_benchmark.py), and whether training
+over devices (`--suite program`, experiments/program_benchmark.py), whether each reward stream
+ranks the reference motion above wrong ones, per camera view (`--suite reward`,
+experiments/reward_benchmark.py), and whether training
 imitates the reference: policies trained on NIL's reward, its ablations and the pose and task
 upper bounds over several seeds, with learning curves (`--suite learning`,
 experiments/learning_benchmark.py; not in the default list: hours on a CPU).
@@ -33,6 +35,7 @@ Reproduce (writes benchmarks/{envs,renderer,timesformer,agent}.{json,md}):
 
     python experiments/benchmark.py                       # every suite but learning
     python experiments/benchmark.py --suite learning      # + benchmarks/learning.png
+    python experiments/benchmark.py --suite reward --embodiments h1
     python experiments/benchmark.py --preset gpu          # on an accelerator
     python experiments/benchmark.py --suite renderer --embodiments h1
     python experiments/benchmark.py --suite envs --embodiments h1 --backends cpu --batch-sizes 1
@@ -62,6 +65,7 @@ import agent_benchmark  # noqa: E402  (experiments/, next to this script)
 import encoder_benchmark  # noqa: E402
 import learning_benchmark  # noqa: E402
 import program_benchmark  # noqa: E402
+import reward_benchmark  # noqa: E402
 from nil_jax import envs  # noqa: E402
 from nil_jax.io_utils import write_json, write_text  # noqa: E402
 from nil_jax.reward import silhouettes  # noqa: E402
@@ -298,7 +302,7 @@ def run_renderer(args, machine) -> tuple[dict, str]:
 # Each suite returns (JSON record, markdown table), written to benchmarks/<suite>.{json,md}.
 SUITES = dict(envs=run_envs, renderer=run_renderer, timesformer=encoder_benchmark.run_timesformer,
               agent=agent_benchmark.run_agent, program=program_benchmark.run_program,
-              learning=learning_benchmark.run_learning)
+              reward=reward_benchmark.run_reward, learning=learning_benchmark.run_learning)
 # What `benchmark.py` runs with no --suite: every suite but learning (hours on a CPU; asked for
 # by name).
 DEFAULT_SUITES = [name for name in SUITES if name != "learning"]
@@ -335,6 +339,7 @@ def main() -> None:
     encoder_benchmark.add_arguments(parser.add_argument_group("timesformer suite"))
     agent_benchmark.add_arguments(parser.add_argument_group("agent suite"))
     program_benchmark.add_arguments(parser.add_argument_group("program suite"))
+    reward_benchmark.add_arguments(parser.add_argument_group("reward suite"))
     learning_benchmark.add_arguments(parser.add_argument_group("learning suite"))
     parser.set_defaults(**PRESETS[parser.parse_known_args()[0].preset])
     args = parser.parse_args()

@@ -1,0 +1,194 @@
+"""The `reward` suite of experiments/benchmark.py: does a reward stream rank the reference motion
+above wrong ones? A reward that cannot cannot teach the motion, and this is measured in
+minutes, with no RL.
+
+For each embodiment and tracking-camera view (`envs.embodiments.CAMERA_VIEWS`), the synthetic
+walk's bundle is the reference, as training reads it (MuJoCo's RGB render, segmented and
+ingested: `references.synthetic`). Candidate motions are rendered as training renders the
+simulation (the JAX silhouette renderer, at the stream's size) and scored against it:
+
+    true         the reference's own ground-truth poses
+    swapped      left and right exchanged (the gait half a cycle later)
+    in phase     every leg with the first leg's angles (a hop, not a walk)
+    late         the gait a quarter cycle late
+    standing     the home pose throughout
+    half speed   the gait at half its frequency
+    reversed     the gait played backwards
+    sideways     the true poses with every joint that does not pitch about the walking
+                 direction's normal (hip rotation and adduction, shoulder roll and yaw, torso
+                 yaw) `SIDEWAYS_OFFSET` rad off: what a side view barely shows
+
+    IoU at S px  mean over the scored frames of mask IoU (`renderer.mask_iou`) with the
+                 reference's masks resized to S (`training.resize_masks`)
+
+Frames after the gait's ramp (`synthetic.RAMP_SECONDS`), every `--reward-frame-stride`-th, are
+scored. Per stream: the true motion's score, the best wrong one's, the margin (true - best
+wrong: the larger, the more the stream tells the policy) and the true motion's rank (1: it
+scores best). The video-encoder streams join this table with a pretrained encoder.
+
+Reproduce (writes benchmarks/reward.{json,md}; a few minutes on a 2-core CPU):
+
+    python experiments/benchmark.py --suite reward
+    python experiments/benchmark.py --suite reward --embodiments h1 --reward-sizes 64
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+
+from nil_jax import envs, training
+from nil_jax.references import synthetic
+from nil_jax.reward import renderer, silhouettes
+
+MOTIONS = ("true", "swapped", "in phase", "late", "standing", "half speed", "reversed",
+           "sideways")
+SIDEWAYS_OFFSET = 0.2  # rad
+RENDER_BATCH = 64
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--reward-sizes", nargs="+", type=int, default=[64, 112, 224],
+                       help="sides (px) of the IoU streams")
+    group.add_argument("--reward-cameras", nargs="+", default=list(envs.embodiments.CAMERA_VIEWS),
+                       choices=list(envs.embodiments.CAMERA_VIEWS))
+    group.add_argument("--reward-frame-stride", type=int, default=4,
+                       help="score every k-th control frame after the gait's ramp")
+    group.add_argument("--reward-references-dir", default="references",
+                       help="where the synthetic references are cached (as run.py's)")
+
+
+def _leg_pairs(embodiment: envs.embodiments.Embodiment) -> list[tuple[str, str]]:
+    """(source, target) joints: every other leg takes the first leg's angles."""
+    gait = synthetic.GAITS[embodiment.name]
+    if isinstance(gait, synthetic.TrotGait):
+        first_thigh, first_calf, _ = gait.legs[0]
+        return [pair for thigh, calf, _ in gait.legs[1:]
+                for pair in ((first_thigh, thigh), (first_calf, calf))]
+    return [(group[0], group[1]) for group in (gait.hips, gait.knees, gait.ankles)]
+
+
+def sideways_joints(embodiment: envs.embodiments.Embodiment) -> np.ndarray:
+    """qpos indices of the robot's hinge joints (not the root's) whose world axis at the home
+    pose is not along y: they move the body out of the walking plane."""
+    model = embodiment.mj_model
+    data = mujoco.MjData(model)
+    data.qpos[:] = embodiment.init_qpos
+    mujoco.mj_kinematics(model, data)
+    root = set(embodiment.root_qpos.tolist())
+    return np.array([model.jnt_qposadr[j] for j in range(model.njnt)
+                     if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE
+                     and model.jnt_qposadr[j] < embodiment.robot_nq
+                     and model.jnt_qposadr[j] not in root
+                     and abs(data.xaxis[j][1]) < 0.9], dtype=int)
+
+
+def motions(embodiment: envs.embodiments.Embodiment, times: np.ndarray) -> dict[str, np.ndarray]:
+    """{motion: (T, nq) poses at `times`} for every entry of MOTIONS."""
+    frequency = synthetic.GAITS[embodiment.name].frequency
+    walk = lambda t: synthetic.walking_qpos(embodiment, np.maximum(t, 0.0))  # noqa: E731
+    true = walk(times)
+    model = embodiment.mj_model
+    in_phase = true.copy()
+    for source, target in _leg_pairs(embodiment):
+        in_phase[:, model.joint(target).qposadr[0]] = true[:, model.joint(source).qposadr[0]]
+    sideways = true.copy()
+    joints = sideways_joints(embodiment)
+    low, high = model.jnt_range[[model.jnt_qposadr.tolist().index(q) for q in joints]].T
+    sideways[:, joints] = np.clip(true[:, joints] + SIDEWAYS_OFFSET, low, high)
+    standing = np.repeat(embodiment.init_qpos[None], len(times), 0)
+    standing[:, embodiment.root_xy_qpos] = true[:, embodiment.root_xy_qpos]
+    out = {"true": true, "swapped": walk(times + 0.5 / frequency), "in phase": in_phase,
+           "late": walk(times - 0.25 / frequency), "standing": standing,
+           "half speed": walk(0.5 * times), "reversed": walk(times[-1] + times[0] - times),
+           "sideways": sideways}
+    assert tuple(out) == MOTIONS
+    return out
+
+
+def rank_streams(scores: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """{stream: {motion: score}} -> {stream: true score, best wrong motion and score, margin,
+    rank of the true motion (1: best)}."""
+    out = {}
+    for stream, by_motion in scores.items():
+        wrong = {m: s for m, s in by_motion.items() if m != "true"}
+        best = max(wrong, key=wrong.get)
+        out[stream] = dict(true=by_motion["true"], best_wrong=best,
+                           best_wrong_score=wrong[best], margin=by_motion["true"] - wrong[best],
+                           rank=1 + sum(s > by_motion["true"] for s in wrong.values()))
+    return out
+
+
+def iou_scores(embodiment, reference_masks: np.ndarray, poses: dict[str, np.ndarray],
+               size: int) -> dict[str, float]:
+    """{motion: mean mask IoU} of the JAX renderer's masks of `poses` at `size` px against the
+    reference's masks (T, H, W) resized to `size`."""
+    sil = silhouettes.make(embodiment, size, size)
+    render = jax.jit(lambda q: silhouettes.render(sil, q)["mask"])
+    reference = training.resize_masks(reference_masks, size)
+    out = {}
+    for motion, qpos in poses.items():
+        masks = np.concatenate([
+            jax.device_get(render(jnp.asarray(qpos[i:i + RENDER_BATCH], jnp.float32)))
+            for i in range(0, len(qpos), RENDER_BATCH)])
+        out[motion] = float(np.mean(renderer.mask_iou(masks, reference)))
+    return out
+
+
+def landscape(embodiment, bundle, sizes: list[int], frame_stride: int) -> dict:
+    """The scores and ranking of every stream for one embodiment and camera view."""
+    frames = np.arange(int(np.ceil(synthetic.RAMP_SECONDS / embodiment.control_dt)),
+                       bundle.num_frames, frame_stride)
+    poses = motions(embodiment, frames * embodiment.control_dt)
+    # The motions are built from the gait itself; the bundle's ground truth is the same walk.
+    np.testing.assert_allclose(poses["true"], bundle.ground_truth_qpos[frames], atol=1e-9)
+    scores = {f"IoU {size} px": iou_scores(embodiment, bundle.masks[frames], poses, size)
+              for size in sizes}
+    return dict(frames=len(frames), scores=scores, ranking=rank_streams(scores))
+
+
+def table(results: list[dict], machine: dict) -> str:
+    lines = [f"Machine: {machine['cpu_count']} CPUs ({machine['processor']}), jax "
+             f"{machine['jax']}, mujoco {machine['mujoco']}.", "",
+             "Each stream scores the reference's own motion (true) and wrong ones against the "
+             "reference as training reads it; margin = true - best wrong (larger: the stream "
+             "tells the motion apart better); rank 1: the true motion scores best. "
+             f"`sideways`: every out-of-plane joint {SIDEWAYS_OFFSET} rad off.", "",
+             "| embodiment | camera | stream | true | best wrong | margin | rank | "
+             + " | ".join(m for m in MOTIONS if m != "true") + " |",
+             "|---|---|---|---:|---|---:|---:|" + "---:|" * (len(MOTIONS) - 1)]
+    for r in results:
+        for stream, rank in r["ranking"].items():
+            scores = r["scores"][stream]
+            lines.append(
+                f"| {r['embodiment']} | {r['camera']} | {stream} | {rank['true']:.3f} | "
+                f"{rank['best_wrong']} {rank['best_wrong_score']:.3f} | {rank['margin']:.3f} | "
+                f"{rank['rank']} | "
+                + " | ".join(f"{scores[m]:.3f}" for m in MOTIONS if m != "true") + " |")
+    return "\n".join(lines)
+
+
+def run_reward(args, machine: dict) -> tuple[dict, str]:
+    results = []
+    for name in args.embodiments:
+        for camera in args.reward_cameras:
+            embodiment = envs.load(name, camera=camera)
+            bundle = synthetic.load_or_make(embodiment, args.reward_references_dir)
+            result = dict(embodiment=name, camera=camera,
+                          reference=str(synthetic.cache_path(embodiment,
+                                                             args.reward_references_dir)),
+                          **landscape(embodiment, bundle, args.reward_sizes,
+                                      args.reward_frame_stride))
+            results.append(result)
+            for stream, rank in result["ranking"].items():
+                print(f"{name} {camera:8s} {stream:12s} true {rank['true']:.3f} best wrong "
+                      f"{rank['best_wrong']} {rank['best_wrong_score']:.3f} margin "
+                      f"{rank['margin']:+.3f} rank {rank['rank']}", flush=True)
+    settings = dict(sizes=args.reward_sizes, cameras=args.reward_cameras,
+                    frame_stride=args.reward_frame_stride, sideways_offset=SIDEWAYS_OFFSET,
+                    motions=list(MOTIONS))
+    return dict(machine=machine, settings=settings, results=results), table(results, machine)

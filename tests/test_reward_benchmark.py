@@ -1,0 +1,63 @@
+"""The reward-landscape suite of experiments/benchmark.py on a short H1 walk at 32 px: the wrong
+motions really are wrong, and the IoU stream ranks the true motion first by a clear margin."""
+
+import numpy as np
+import pytest
+
+from nil_jax import envs
+from nil_jax.references import ingest as ingest_lib
+from nil_jax.references import synthetic
+
+
+@pytest.fixture(scope="module")
+def reward_benchmark(experiment_scripts):
+    return experiment_scripts("reward_benchmark")
+
+
+def test_wrong_motions_differ_from_the_true_one_where_they_should(reward_benchmark):
+    h1 = envs.load("h1")
+    model = h1.mj_model
+    times = np.arange(40, 140, 10) * h1.control_dt
+    poses = reward_benchmark.motions(h1, times)
+    assert tuple(poses) == reward_benchmark.MOTIONS
+    true = poses["true"]
+    for name, qpos in poses.items():
+        assert qpos.shape == true.shape
+        if name != "true":
+            assert np.abs(qpos - true).max() > 0.1, name
+    knee_l, knee_r = (model.joint(j).qposadr[0] for j in ("knee_angle_l", "knee_angle_r"))
+    np.testing.assert_array_equal(poses["in phase"][:, knee_r], true[:, knee_l])
+    # Swapped: the right leg does what the left did (half a cycle is exact after the ramp).
+    np.testing.assert_allclose(poses["swapped"][:, knee_r], true[:, knee_l], atol=1e-9)
+    # Sideways moves exactly the out-of-plane joints: hip rotation, not hip flexion.
+    moved = set(np.flatnonzero(np.abs(poses["sideways"] - true).max(0) > 0).tolist())
+    assert moved == set(reward_benchmark.sideways_joints(h1).tolist())
+    names = {model.joint(j).name for j in range(model.njnt) if model.jnt_qposadr[j] in moved}
+    assert {"hip_rotation_l", "hip_adduction_r", "l_arm_shx", "back_bkz"} <= names
+    assert not names & {"hip_flexion_l", "knee_angle_r", "left_elbow"}
+
+
+def test_rank_streams_names_the_best_wrong_motion_and_the_rank(reward_benchmark):
+    ranking = reward_benchmark.rank_streams({
+        "good": {"true": 0.9, "late": 0.5, "standing": 0.6},
+        "bad": {"true": 0.5, "late": 0.7, "standing": 0.6, "swapped": 0.4}})
+    assert ranking["good"] == dict(true=0.9, best_wrong="standing", best_wrong_score=0.6,
+                                   margin=pytest.approx(0.3), rank=1)
+    assert ranking["bad"]["best_wrong"] == "late" and ranking["bad"]["rank"] == 3
+    assert ranking["bad"]["margin"] == pytest.approx(-0.2)
+
+
+def test_iou_ranks_the_true_motion_first(reward_benchmark, tmp_path):
+    h1 = envs.load("h1")
+    ingest = ingest_lib.IngestConfig(segmenter="background", interpolator="linear",
+                                     encoder="none", resolution=64)
+    bundle, _ = synthetic.make(h1, tmp_path, synthetic.SyntheticConfig(
+        seconds=1.0, video_size=128), ingest)
+    result = reward_benchmark.landscape(h1, bundle, sizes=[32], frame_stride=10)
+    assert result["frames"] == 7  # control steps 40, 50, ..., 100 (after the 0.4 s ramp)
+    [(stream, rank)] = result["ranking"].items()
+    assert stream == "IoU 32 px"
+    scores = result["scores"][stream]
+    assert rank["rank"] == 1 and rank["true"] == scores["true"] > 0.7
+    assert rank["margin"] > 0.1 and rank["best_wrong_score"] == max(
+        s for m, s in scores.items() if m != "true")
