@@ -386,7 +386,7 @@ def load(name: str, mjcf_path: Optional[str] = None, skill: Optional[str] = None
     from view `camera` (CAMERA_VIEWS). One model per distinct (name, file, scene, camera),
     however the arguments are passed."""
     return _load(name, None if mjcf_path is None else os.fspath(mjcf_path),
-                 scenes.optional_skill(skill), check_camera(camera))
+                 scenes.optional_skill(skill), camera)
 
 
 @functools.lru_cache(maxsize=None)

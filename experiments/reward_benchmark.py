@@ -21,6 +21,10 @@ simulation (the JAX silhouette renderer, at the stream's size) and scored agains
     IoU at S px  mean over the scored frames of mask IoU (`renderer.mask_iou`) with the
                  reference's masks resized to S (`training.resize_masks`)
 
+Beside the streams, each motion's pose error: mean |angle - true angle| (rad) over the scored
+frames and the angles the learning benchmark scores (`embodiments.angle_qpos`): how far from
+the reference a motion that scores a given IoU is (standing still: not far, on H1).
+
 Frames after the gait's ramp (`synthetic.RAMP_SECONDS`), every `--reward-frame-stride`-th, are
 scored. Per stream: the true motion's score, the best wrong one's, the margin (true - best
 wrong: the larger, the more the stream tells the policy) and the true motion's rank (1: it
@@ -73,14 +77,14 @@ def _leg_pairs(embodiment: envs.embodiments.Embodiment) -> list[tuple[str, str]]
 
 
 def sideways_joints(embodiment: envs.embodiments.Embodiment) -> np.ndarray:
-    """qpos indices of the robot's hinge joints (not the root's) whose world axis at the home
+    """Joint ids of the robot's hinge joints (not the root's) whose world axis at the home
     pose is not along y: they move the body out of the walking plane."""
     model = embodiment.mj_model
     data = mujoco.MjData(model)
     data.qpos[:] = embodiment.init_qpos
     mujoco.mj_kinematics(model, data)
     root = set(embodiment.root_qpos.tolist())
-    return np.array([model.jnt_qposadr[j] for j in range(model.njnt)
+    return np.array([j for j in range(model.njnt)
                      if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE
                      and model.jnt_qposadr[j] < embodiment.robot_nq
                      and model.jnt_qposadr[j] not in root
@@ -98,8 +102,9 @@ def motions(embodiment: envs.embodiments.Embodiment, times: np.ndarray) -> dict[
         in_phase[:, model.joint(target).qposadr[0]] = true[:, model.joint(source).qposadr[0]]
     sideways = true.copy()
     joints = sideways_joints(embodiment)
-    low, high = model.jnt_range[[model.jnt_qposadr.tolist().index(q) for q in joints]].T
-    sideways[:, joints] = np.clip(true[:, joints] + SIDEWAYS_OFFSET, low, high)
+    low, high = model.jnt_range[joints].T
+    qpos = model.jnt_qposadr[joints]
+    sideways[:, qpos] = np.clip(true[:, qpos] + SIDEWAYS_OFFSET, low, high)
     standing = np.repeat(embodiment.init_qpos[None], len(times), 0)
     standing[:, embodiment.root_xy_qpos] = true[:, embodiment.root_xy_qpos]
     out = {"true": true, "swapped": walk(times + 0.5 / frequency), "in phase": in_phase,
@@ -148,7 +153,11 @@ def landscape(embodiment, bundle, sizes: list[int], frame_stride: int) -> dict:
     np.testing.assert_allclose(poses["true"], bundle.ground_truth_qpos[frames], atol=1e-9)
     scores = {f"IoU {size} px": iou_scores(embodiment, bundle.masks[frames], poses, size)
               for size in sizes}
-    return dict(frames=len(frames), scores=scores, ranking=rank_streams(scores))
+    angles = envs.embodiments.angle_qpos(embodiment)
+    pose_error = {motion: float(np.abs(qpos[:, angles] - poses["true"][:, angles]).mean())
+                  for motion, qpos in poses.items()}
+    return dict(frames=len(frames), scores=scores, ranking=rank_streams(scores),
+                pose_error_rad=pose_error)
 
 
 def table(results: list[dict], machine: dict) -> str:
@@ -169,6 +178,14 @@ def table(results: list[dict], machine: dict) -> str:
                 f"{rank['best_wrong']} {rank['best_wrong_score']:.3f} | {rank['margin']:.3f} | "
                 f"{rank['rank']} | "
                 + " | ".join(f"{scores[m]:.3f}" for m in MOTIONS if m != "true") + " |")
+    lines += ["", "Pose error (rad) of each motion: mean |angle - true angle| over the scored "
+              "frames and the angles the learning benchmark scores (camera-independent).", "",
+              "| embodiment | " + " | ".join(MOTIONS) + " |",
+              "|---|" + "---:|" * len(MOTIONS)]
+    for r in results:
+        if r["camera"] == results[0]["camera"]:
+            lines.append(f"| {r['embodiment']} | " + " | ".join(
+                f"{r['pose_error_rad'][m]:.3f}" for m in MOTIONS) + " |")
     return "\n".join(lines)
 
 

@@ -31,8 +31,9 @@ def test_wrong_motions_differ_from_the_true_one_where_they_should(reward_benchma
     np.testing.assert_allclose(poses["swapped"][:, knee_r], true[:, knee_l], atol=1e-9)
     # Sideways moves exactly the out-of-plane joints: hip rotation, not hip flexion.
     moved = set(np.flatnonzero(np.abs(poses["sideways"] - true).max(0) > 0).tolist())
-    assert moved == set(reward_benchmark.sideways_joints(h1).tolist())
-    names = {model.joint(j).name for j in range(model.njnt) if model.jnt_qposadr[j] in moved}
+    joints = reward_benchmark.sideways_joints(h1)
+    assert moved == set(model.jnt_qposadr[joints].tolist())
+    names = {model.joint(int(j)).name for j in joints}
     assert {"hip_rotation_l", "hip_adduction_r", "l_arm_shx", "back_bkz"} <= names
     assert not names & {"hip_flexion_l", "knee_angle_r", "left_elbow"}
 
@@ -61,3 +62,14 @@ def test_iou_ranks_the_true_motion_first(reward_benchmark, tmp_path):
     assert rank["rank"] == 1 and rank["true"] == scores["true"] > 0.7
     assert rank["margin"] > 0.1 and rank["best_wrong_score"] == max(
         s for m, s in scores.items() if m != "true")
+    # Pose errors: zero for the true motion; standing's is its mean offset from the walk.
+    pose_error = result["pose_error_rad"]
+    assert pose_error["true"] == 0.0 and set(pose_error) == set(reward_benchmark.MOTIONS)
+    angles = envs.embodiments.angle_qpos(h1)
+    truth = bundle.ground_truth_qpos[40:101:10][:, angles]
+    np.testing.assert_allclose(pose_error["standing"],
+                               np.abs(truth - h1.init_qpos[angles]).mean(), rtol=1e-6)
+    assert all(error > 0.02 for motion, error in pose_error.items() if motion != "true")
+    assert "| h1 | 0.000 |" in reward_benchmark.table([dict(
+        result, embodiment="h1", camera="side")], dict(cpu_count=2, processor="x", jax="j",
+                                                       mujoco="m"))

@@ -274,11 +274,9 @@ def cache_path(embodiment: Embodiment, folder: str | os.PathLike,
                ingest_config: ingest_lib.IngestConfig =
                ingest_lib.IngestConfig(segmenter="background")) -> pathlib.Path:
     """Where `load_or_make` keeps the reference: its name digests every setting (the camera
-    view only when it is not the side view, so that the side view's cached files keep their
-    names)."""
-    views = [] if embodiment.camera == "side" else [embodiment.camera]
+    view is in the name itself, `file_stem`)."""
     settings = json.dumps([bundle_lib.FORMAT_VERSION, dataclasses.asdict(config),
-                           dataclasses.asdict(ingest_config), *views], sort_keys=True)
+                           dataclasses.asdict(ingest_config)], sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
     return pathlib.Path(folder) / f"{file_stem(embodiment)}_{digest}.npz"
 
