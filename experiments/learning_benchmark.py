@@ -84,10 +84,12 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="env steps between evaluations (rounded up to whole chunks)")
     group.add_argument("--learning-eval-episodes", type=int, default=5)
     group.add_argument("--learning-seed", type=int, default=0, help="the first seed")
-    group.add_argument("--learning-set", nargs="+", default=[], metavar="FIELD=VALUE",
+    group.add_argument("--learning-set", nargs="+", action="extend", default=[],
+                       metavar="FIELD=VALUE",
                        help="change the preset's TrainConfig fields, dotted for nested ones: "
                        "agent.updates_per_step=8 agent.reset_steps= reward.iou_weight=2 "
-                       "backend=cpu (recipes; tiny checks of the gpu preset on a CPU)")
+                       "backend=cpu (recipes; tiny checks of the gpu preset on a CPU); "
+                       "repeated flags add up")
 
 
 def parse_like(current, text: str, name: str):

@@ -20,6 +20,13 @@ ends (truncation, through brax's `EpisodeWrapper` with `episode_length = referen
 so that step t always has a reference frame t). A non-finite reward (a diverged step) is
 replaced by 0, counted in `metrics["nonfinite_reward"]`, and ends the episode.
 
+Early termination (`EarlyTermination`, off by default) is DeepMimic's, with the video as its
+only witness: an episode also ends, as a fall does (no bootstrap), once its mask IoU has stayed
+below a threshold for a number of steps in a row (`metrics["early_termination"]`). Drifting
+from the reference then costs the rest of the episode, where a robot that merely stands would
+otherwise go on collecting its standing IoU. Evaluation scores whole episodes with it off
+(`without_early_termination`): only falls end them there.
+
 The environment's own task reward (LocoMujoco's walk reward, or a skill's task reward) is kept
 as `metrics["reward/env"]` for evaluation; it is never part of the NIL reward. Given the
 reference's ground-truth poses (`pose_reference` (T, nq)), the pose-tracking reward of step t
@@ -30,6 +37,8 @@ only logged.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Optional
 
 import jax
@@ -42,12 +51,33 @@ from nil_jax.envs.robot_env import RobotEnv
 from nil_jax.reward import nil_reward, regularizers, renderer, silhouettes, sources
 
 
+@dataclasses.dataclass(frozen=True)
+class EarlyTermination:
+    """End an episode once its mask IoU < `iou` for `steps` consecutive steps (iou 0: off)."""
+
+    iou: float = 0.0
+    steps: int = 10
+
+    def __post_init__(self):
+        if not 0.0 <= self.iou < 1.0:
+            raise ValueError(f"early termination iou must be in [0, 1) (0 switches it off), got "
+                             f"{self.iou}")
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ValueError(f"early termination steps must be an integer >= 1, got "
+                             f"{self.steps!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.iou > 0
+
+
 class NilEnv(Env):
     def __init__(self, robot: RobotEnv, reference: nil_reward.Reference,
                  silhouette: silhouettes.Silhouettes, config: nil_reward.RewardConfig,
                  encoder: Optional[nil_reward.VideoEncoder] = None, observe_phase: bool = False,
                  reward_source: sources.RewardSource = "nil",
-                 pose_reference: Optional[jax.Array] = None):
+                 pose_reference: Optional[jax.Array] = None,
+                 early_termination: EarlyTermination = EarlyTermination()):
         spec = silhouette.spec
         if reference.masks.shape[1:] != (spec.height, spec.width):
             raise ValueError(f"reference masks are {reference.masks.shape[1:]}, the renderer draws "
@@ -69,6 +99,7 @@ class NilEnv(Env):
         self.observe_phase = observe_phase
         self.reward_source = reward_source
         self.pose_reference = pose_reference
+        self.early_termination = early_termination
         self.angles = angle_qpos(robot.embodiment)
         self.indices = regularizers.BodyIndices.of(robot.embodiment)
         self.home_frame, self.home_mask = self._home_frame()
@@ -82,6 +113,12 @@ class NilEnv(Env):
         frame = jax.tree.map(lambda x: x[None], frame)
         return (np.asarray(nil_reward.encoder_frame(self.config, frame)[0]),
                 np.asarray(frame["mask"][0]))
+
+    def without_early_termination(self) -> "NilEnv":
+        """The same env (reference, renderer, reward) whose episodes end only at falls."""
+        env = copy.copy(self)
+        env.early_termination = EarlyTermination()
+        return env
 
     @property
     def observation_size(self) -> int:
@@ -118,6 +155,7 @@ class NilEnv(Env):
                     xpos=xpos.astype(dtype), clip=clip,
                     video_similarity=jnp.zeros(batch, dtype),
                     global_step=jnp.zeros(batch, jnp.int32),
+                    low_iou_steps=jnp.zeros(batch, jnp.int32),
                     mask=jnp.broadcast_to(jnp.asarray(self.home_mask),
                                           (batch,) + self.home_mask.shape))
         metrics = dict(state.metrics, **{name: jnp.zeros(batch, dtype)
@@ -133,7 +171,10 @@ class NilEnv(Env):
             names.append("reward/video")
         names += [f"penalty/{t}" for t in regularizers.TERMS
                   if getattr(self.config.regularizers, t) > 0]
-        return tuple(names + ["penalty/total"])
+        names.append("penalty/total")
+        if self.early_termination.enabled:
+            names.append("early_termination")
+        return tuple(names)
 
     def step(self, state: State, action: jax.Array) -> State:
         info = state.info
@@ -165,6 +206,12 @@ class NilEnv(Env):
             rewards["pose"] = terms["reward/pose"]
         reward = rewards[self.reward_source]
         finite = jnp.isfinite(reward)
+        low_iou_steps = jnp.where(terms["reward/iou"] < self.early_termination.iou,
+                                  info["low_iou_steps"] + 1, 0)
+        early = (self.early_termination.enabled
+                 & (low_iou_steps >= self.early_termination.steps)).astype(dtype)
+        if self.early_termination.enabled:
+            terms["early_termination"] = early
         metrics = dict(next_state.metrics)
         metrics.update({k: jnp.where(finite, v, 0.0).astype(dtype) for k, v in terms.items()
                         if k in metrics})
@@ -172,8 +219,10 @@ class NilEnv(Env):
                         "nonfinite_reward": (~finite).astype(dtype)})
         info = dict(next_state.info, t=t, previous_action=action.astype(dtype), xpos=xpos,
                     clip=clip, global_step=info["global_step"] + 1, mask=frames["mask"],
+                    low_iou_steps=low_iou_steps,
                     video_similarity=terms.get("reward/video", info["video_similarity"]))
         return next_state.replace(obs=self._observe(next_state.obs, t),
                                   reward=jnp.where(finite, reward, 0.0),
-                                  done=jnp.maximum(next_state.done, (~finite).astype(dtype)),
+                                  done=jnp.maximum(jnp.maximum(next_state.done, early),
+                                                   (~finite).astype(dtype)),
                                   metrics=metrics, info=info)

@@ -48,7 +48,7 @@ from nil_jax.envs import assets, evaluation, skill_tasks
 from nil_jax.agents import bro, checkpoint
 from nil_jax.envs.embodiments import Embodiment
 from nil_jax.io_utils import write_text
-from nil_jax.nil_env import NilEnv
+from nil_jax.nil_env import EarlyTermination, NilEnv
 from nil_jax.references import bundle as bundle_lib
 from nil_jax.references import embed as embed_lib
 from nil_jax.references import ingest as ingest_lib
@@ -89,6 +89,9 @@ class TrainConfig:
     encoder_dtype: str = "float32"  # "bfloat16" on accelerators
     render_size: Optional[int] = None  # side of the simulation's frames; None: the reference's
     reward: nil_reward.RewardConfig = nil_reward.RewardConfig()
+    # DeepMimic's early termination from the video alone (nil_env): an episode ends once its
+    # mask IoU stays below `iou` for `steps` steps in a row; iou 0 (default) switches it off.
+    early_termination: EarlyTermination = EarlyTermination()
     agent: bro.BroConfig = bro.preset("bro_fast", num_envs=4)
     env_steps: int = 100_000  # transitions to train on (rounded up to whole chunks)
     chunk_iterations: int = 50
@@ -240,7 +243,8 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
     truth = bundle.ground_truth_qpos
     env = NilEnv(robot, reference, sil, reward, encoder, observe_phase=config.observe_phase,
                  reward_source=config.reward_source,
-                 pose_reference=None if truth is None else jnp.asarray(truth, jnp.float32))
+                 pose_reference=None if truth is None else jnp.asarray(truth, jnp.float32),
+                 early_termination=config.early_termination)
     agent = dataclasses.replace(config.agent, episode_length=bundle.num_frames - 1,
                                 reset_steps=resets)
     learner = bro.Bro(env, agent, batched=True, batch_sharding=parallel.batch_sharding(mesh))
@@ -429,8 +433,10 @@ POLICIES = ("nil", "zero", "random")  # the trained policy (deterministic) and t
 def evaluation_function(setup: Setup, num_episodes: int):
     """`(agent, policy index into POLICIES, key) -> per-step records (T, E)`, compiled once for
     all policies: the episodes run the reference's length from its start (steps after a fall
-    are simulated but not scored: `summarize` holds the fallen state)."""
-    env, learner, length = setup.env, setup.learner, setup.bundle.num_frames - 1
+    are simulated but not scored: `summarize` holds the fallen state). Training's early
+    termination is off: only a fall ends an evaluation episode."""
+    env = setup.env.without_early_termination()
+    learner, length = setup.learner, setup.bundle.num_frames - 1
 
     baselines = [jax.vmap(policy(env.action_size))
                  for policy in (evaluation.zero_policy, evaluation.random_policy)]

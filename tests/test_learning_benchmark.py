@@ -80,11 +80,22 @@ def test_settings_change_nested_fields_and_bad_ones_say_why(suite):
     assert (config.reward.iou_weight, config.backend, config.observe_phase,
             config.render_size) == (2.0, "cpu", False, 32)
     assert suite.with_settings(base, ["agent.reset_steps="]).agent.reset_steps == ()
+    # Repeated flags add up (argparse's default would keep only the last one).
+    import argparse
+    parser = argparse.ArgumentParser()
+    suite.add_arguments(parser.add_argument_group())
+    assignments = parser.parse_args(["--learning-set", "pd_action_scale=0.2",
+                                     "--learning-set", "early_termination.iou=0.4",
+                                     "early_termination.steps=20"]).learning_set
+    config = suite.with_settings(base, assignments)
+    assert (config.pd_action_scale, config.early_termination.iou,
+            config.early_termination.steps) == (0.2, 0.4, 20)
     for bad, message in (("agent.num_env=4", "BroConfig has no field 'num_env'"),
                          ("agent.num_envs=four", "a value like 1024"),
                          ("agent.num_envs=0", "must be positive"),
                          ("reward.iou_weight=-1", "iou_weight must be >= 0"),
-                         ("seed.x=1", "seed.x=1"), ("agent.tau", "FIELD=VALUE")):
+                         ("seed.x=1", "seed.x=1"), ("agent.tau", "FIELD=VALUE"),
+                         ("early_termination.iou=1.5", "must be in")):
         with pytest.raises(SystemExit, match=message):
             suite.with_settings(base, [bad])
 

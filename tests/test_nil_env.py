@@ -9,7 +9,7 @@ import pytest
 
 from nil_jax import envs
 from nil_jax.agents import bro
-from nil_jax.nil_env import NilEnv
+from nil_jax.nil_env import EarlyTermination, NilEnv
 from nil_jax.references import synthetic
 from nil_jax.reward import nil_reward, regularizers, renderer, silhouettes
 
@@ -115,6 +115,45 @@ def test_reward_sources_pick_the_reward_trained_on(nil):
         trained = m["reward/env"] if source == "task" else pose
         np.testing.assert_allclose(state.reward, trained, rtol=1e-5)
         assert not np.allclose(state.reward, m["reward/iou"] + m["penalty/total"])
+
+
+def test_early_termination_ends_episodes_whose_iou_stays_low(nil):
+    """IoU below the threshold for `steps` steps in a row ends the episode as a fall does; a
+    step above it starts the count again; evaluation's copy of the env never ends one."""
+    env = nil["env"]
+    config = dataclasses.replace(nil["config"], video_weight=0.0)
+    # Empty reference masks at steps 1, 3 and 4 (IoU 0), the walk's at step 2 (IoU near 1:
+    # the robots stand at home, as the walk starts).
+    masks = env.reference.masks.at[jnp.array([1, 3, 4])].set(False)
+    reference = nil_reward.Reference(masks=masks, embeddings=None)
+    strict = NilEnv(env.robot, reference, env.silhouette, config, None,
+                    early_termination=EarlyTermination(iou=0.5, steps=2))
+    assert "early_termination" in strict.metric_names()
+    action = jnp.zeros((NUM_ENVS, env.action_size))
+
+    def four_steps(state):
+        def step(state, _):
+            state = strict.step(state, action)
+            return state, (state.info["low_iou_steps"], state.done,
+                           state.metrics["early_termination"], state.metrics["fallen"],
+                           state.metrics["reward/iou"])
+        return jax.lax.scan(step, state, None, length=4)[1]
+
+    low, done, early, fallen, iou = jax.device_get(jax.jit(four_steps)(
+        strict.reset(jax.random.split(jax.random.PRNGKey(4), NUM_ENVS))))
+    assert np.all(iou[[0, 2, 3]] == 0) and np.all(iou[1] > 0.9)
+    np.testing.assert_array_equal(low, np.array([1, 0, 1, 2])[:, None].repeat(NUM_ENVS, 1))
+    np.testing.assert_array_equal(done, np.array([0, 0, 0, 1])[:, None].repeat(NUM_ENVS, 1))
+    np.testing.assert_array_equal(early, done)
+    assert np.all(fallen == 0)  # not a fall: the robots stand
+    relaxed = strict.without_early_termination()
+    assert strict.early_termination.enabled and not relaxed.early_termination.enabled
+    assert relaxed.reference is strict.reference
+    assert "early_termination" not in relaxed.metric_names()
+    with pytest.raises(ValueError, match="iou must be in"):
+        EarlyTermination(iou=1.0)
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        EarlyTermination(iou=0.4, steps=0)
 
 
 def test_bro_trains_on_the_batched_nil_env(nil):
