@@ -29,6 +29,8 @@ import sys
 import tarfile
 import tempfile
 
+from nil_jax.io_utils import cache_base, sha256_file
+
 LOCO_MUJOCO_VERSION = "0.4.1"
 SDIST_NAME = f"loco-mujoco-{LOCO_MUJOCO_VERSION}.tar.gz"
 SDIST_SHA256 = "44776fdd4e4d504a4dc933c90f0ccc68816e91efb5ffb2bcea7d06dbc5daa940"
@@ -56,18 +58,7 @@ class RobotAssetsError(RuntimeError):
 
 
 def cache_root() -> pathlib.Path:
-    base = os.environ.get("NIL_JAX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nil_jax"
-    )
-    return pathlib.Path(base) / "robots" / f"loco-mujoco-{LOCO_MUJOCO_VERSION}"
-
-
-def sha256_file(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return cache_base() / "robots" / f"loco-mujoco-{LOCO_MUJOCO_VERSION}"
 
 
 def folder_digest(folder: pathlib.Path) -> str:
@@ -83,51 +74,58 @@ def folder_digest(folder: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def _download_sdist(dest_dir: pathlib.Path) -> pathlib.Path:
-    """`pip download --no-deps` of the sdist into dest_dir (never installs it)."""
+def download_sdist(requirement: str, name: str, dest_dir: pathlib.Path, fix_hint: str,
+                   error: type[Exception] = RobotAssetsError) -> pathlib.Path:
+    """`pip download --no-deps` of the sdist `requirement` ("pkg==version") into dest_dir, which
+    must then hold the file `name` (never installs it)."""
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--disable-pip-version-check", "-q", "-d", str(dest_dir),
-        f"loco-mujoco=={LOCO_MUJOCO_VERSION}",
+        "--disable-pip-version-check", "-q", "-d", str(dest_dir), requirement,
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise RobotAssetsError(f"Could not run `{' '.join(cmd)}`: {e}\n{FIX_HINT}") from e
-    path = dest_dir / SDIST_NAME
+        raise error(f"Could not run `{' '.join(cmd)}`: {e}\n{fix_hint}") from e
+    path = dest_dir / name
     if proc.returncode != 0 or not path.exists():
-        raise RobotAssetsError(
-            f"Downloading loco-mujoco=={LOCO_MUJOCO_VERSION} failed "
-            f"(`{' '.join(cmd)}` exited {proc.returncode}):\n{proc.stderr.strip()[-2000:]}\n"
-            f"{FIX_HINT}"
+        raise error(
+            f"Downloading {requirement} failed (`{' '.join(cmd)}` exited {proc.returncode}):\n"
+            f"{proc.stderr.strip()[-2000:]}\n{fix_hint}"
         )
     return path
 
 
-def _verified_sdist(root: pathlib.Path) -> pathlib.Path:
-    """The sdist kept in the cache, checked against SDIST_SHA256; fetched if absent or bad."""
-    kept = root / SDIST_NAME
-    if kept.exists() and sha256_file(kept) == SDIST_SHA256:
+def verified_sdist(requirement: str, name: str, sha256: str, source_env: str,
+                   root: pathlib.Path, fix_hint: str,
+                   error: type[Exception] = RobotAssetsError) -> pathlib.Path:
+    """The sdist `name` kept in `root`, checked against its pinned sha256; copied from the
+    file $`source_env` names (offline machines) or downloaded with pip if absent or bad."""
+    kept = root / name
+    if kept.exists() and sha256_file(kept) == sha256:
         return kept
-    source = os.environ.get("NIL_JAX_LOCO_MUJOCO_SDIST")
+    root.mkdir(parents=True, exist_ok=True)
+    source = os.environ.get(source_env)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         if source:
             if not os.path.isfile(source):
-                raise RobotAssetsError(
-                    f"NIL_JAX_LOCO_MUJOCO_SDIST={source} is not a file.\n{FIX_HINT}"
-                )
-            candidate = pathlib.Path(tmp) / SDIST_NAME
+                raise error(f"{source_env}={source} is not a file.\n{fix_hint}")
+            candidate = pathlib.Path(tmp) / name
             shutil.copyfile(source, candidate)
         else:
-            candidate = _download_sdist(pathlib.Path(tmp))
+            candidate = download_sdist(requirement, name, pathlib.Path(tmp), fix_hint, error)
         digest = sha256_file(candidate)
-        if digest != SDIST_SHA256:
-            raise RobotAssetsError(
-                f"{SDIST_NAME} has sha256 {digest}, expected {SDIST_SHA256}: the archive is "
-                f"corrupt or not the official release.\n{FIX_HINT}"
+        if digest != sha256:
+            raise error(
+                f"{name} has sha256 {digest}, expected {sha256}: the archive is corrupt or not "
+                f"the official release.\n{fix_hint}"
             )
         os.replace(candidate, kept)
     return kept
+
+
+def _verified_sdist(root: pathlib.Path) -> pathlib.Path:
+    return verified_sdist(f"loco-mujoco=={LOCO_MUJOCO_VERSION}", SDIST_NAME, SDIST_SHA256,
+                          "NIL_JAX_LOCO_MUJOCO_SDIST", root, FIX_HINT)
 
 
 def _extract_folder(sdist: pathlib.Path, folder: str, dest: pathlib.Path) -> None:

@@ -301,6 +301,7 @@ def run_renderer(args, machine) -> tuple[dict, str]:
 
 # Each suite returns (JSON record, markdown table), written to benchmarks/<suite>.{json,md}.
 SUITES = dict(envs=run_envs, renderer=run_renderer, timesformer=encoder_benchmark.run_timesformer,
+              i3d=encoder_benchmark.run_i3d,
               agent=agent_benchmark.run_agent, program=program_benchmark.run_program,
               reward=reward_benchmark.run_reward, learning=learning_benchmark.run_learning)
 # What `benchmark.py` runs with no --suite: every suite but learning (hours on a CPU; asked for
@@ -311,7 +312,7 @@ DEFAULT_SUITES = [name for name in SUITES if name != "learning"]
 PRESETS = {
     "cpu": {},  # every suite at the defaults below
     "gpu": dict(
-        suite=["timesformer", "program"], embodiments=["h1"], out_dir=pathlib.Path(
+        suite=["timesformer", "i3d", "program"], embodiments=["h1"], out_dir=pathlib.Path(
             "benchmarks/gpu"), render_memory_gib=16.0, rounds=3, no_hf=True,
         encoder_configs=["base", "small"], clip_batch_sizes=[16, 64], bf16_error_configs=[],
         agent_backend="mjx", program_size=64, program_dtypes=["bfloat16"],
@@ -336,7 +337,7 @@ def main() -> None:
                         help="the renderer's work-memory budget (GiB)")
     parser.add_argument("--target-seconds", type=float, default=2.0)
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("benchmarks"))
-    encoder_benchmark.add_arguments(parser.add_argument_group("timesformer suite"))
+    encoder_benchmark.add_arguments(parser.add_argument_group("timesformer and i3d suites"))
     agent_benchmark.add_arguments(parser.add_argument_group("agent suite"))
     program_benchmark.add_arguments(parser.add_argument_group("program suite"))
     reward_benchmark.add_arguments(parser.add_argument_group("reward suite"))

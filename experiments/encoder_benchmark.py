@@ -32,6 +32,13 @@ Reproduce (writes benchmarks/timesformer.{json,md}):
 
 It also measures the error of bf16 compute against float32 on one base clip (max and mean abs
 error on last_hidden_state, cosine similarity of the embeddings).
+
+The `i3d` suite (`run_i3d`) measures the Kinetics-400 I3D's embedding (`reward.i3d`, up to
+`--i3d-endpoint`, 8-frame clips) at each `--i3d-sizes` px and batch: XLA's FLOP count of the
+compiled program (cost analysis) per clip, clips/s (median over rounds), and the rate as a
+fraction of the matmul peak; float32 on a CPU, bfloat16 on accelerators:
+
+    python experiments/benchmark.py --suite i3d
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nil_jax.reward import timesformer, timesformer_weights
+from nil_jax.reward import i3d, i3d_weights, timesformer, timesformer_weights
 
 # Dense bf16 peak TFLOP/s by device kind (vendor data sheets; SXM parts for NVIDIA).
 NOMINAL_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
@@ -134,7 +141,7 @@ def measure(name: str, batch: int, rounds: int, with_hf: bool) -> dict:
     dtype = jnp.float32 if on_cpu else jnp.bfloat16
     run_jax, compile_s = jax_runner(config, batch, dtype)
     run_hf = hf_runner(config, batch) if (with_hf and on_cpu) else None
-    peak_size = 2048 if on_cpu else 8192
+    peak_size = 2048 if on_cpu else 8192  # as `measure`
     run_peak, peak_flops = matmul_runner(peak_size, dtype)
     flops = model_flops(config, batch, config.num_frames, config.image_size, config.image_size)
 
@@ -244,6 +251,59 @@ def run_timesformer(args, machine: dict) -> tuple[dict, str]:
             markdown_table(results, errors, machine))
 
 
+def measure_i3d(endpoint: str, size: int, batch: int, rounds: int) -> dict:
+    """FLOPs per clip (XLA cost analysis), clips/s and the fraction of the matmul peak of the
+    I3D embedding of `batch` 8-frame clips at `size` px (random weights: the cost is the same)."""
+    on_cpu = jax.default_backend() == "cpu"
+    dtype = jnp.float32 if on_cpu else jnp.bfloat16
+    variables = i3d_weights.random_variables()
+    config = i3d.EmbeddingConfig(endpoint=endpoint, size=size)
+    clips = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(batch, 8, size, size, 3)),
+                        jnp.float32)
+    start = time.perf_counter()
+    compiled = jax.jit(lambda v, c: i3d.embed(v, c, config, dtype)).lower(
+        variables, clips).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost["flops"]) / batch
+    peak_size = 2048 if on_cpu else 8192  # as `measure`
+    peak, peak_flops = matmul_runner(peak_size, dtype)
+    run = lambda: compiled(variables, clips)  # noqa: E731
+    jax.block_until_ready(run())
+    times, peaks = [], []
+    for _ in range(rounds):
+        times.append(seconds(run))
+        peaks.append(peak_flops / seconds(peak) / 1e9)
+    clips_per_s = batch / statistics.median(times)
+    return dict(endpoint=endpoint, size=size, batch=batch, dtype=jnp.dtype(dtype).name,
+                gflop_per_clip=flops / 1e9, clips_per_s=clips_per_s,
+                gflops=flops * clips_per_s / 1e9, peak_gflops=statistics.median(peaks),
+                fraction_of_peak=flops * clips_per_s / 1e9 / statistics.median(peaks),
+                compile_s=compile_s, seconds=times)
+
+
+def run_i3d(args, machine: dict) -> tuple[dict, str]:
+    results = []
+    for size in args.i3d_sizes:
+        for batch in args.clip_batch_sizes:
+            record = measure_i3d(args.i3d_endpoint, size, batch, args.rounds)
+            results.append(record)
+            print(f"I3D {size:3d} px B={batch:3d} {record['dtype']}: "
+                  f"{record['gflop_per_clip']:.2f} GFLOP/clip, {record['clips_per_s']:.2f} "
+                  f"clips/s, {record['fraction_of_peak']:.2f} of the matmul peak", flush=True)
+    lines = [f"Machine: {machine['cpu_count']} CPUs ({machine['processor']}), devices "
+             f"{machine['devices']}, jax {machine['jax']}.", "",
+             f"Kinetics-400 I3D embedding of 8-frame clips up to {args.i3d_endpoint} "
+             "(GFLOP: XLA's cost analysis of the compiled program).", "",
+             "| size | batch | dtype | GFLOP/clip | clips/s | GFLOP/s | of matmul peak | "
+             "compile s |", "|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['size']} | {r['batch']} | {r['dtype']} | {r['gflop_per_clip']:.2f} | "
+              f"{r['clips_per_s']:.2f} | {r['gflops']:.1f} | {r['fraction_of_peak']:.2f} | "
+              f"{r['compile_s']:.1f} |" for r in results]
+    return dict(machine=machine, results=results), "\n".join(lines)
+
+
 def torch_versions() -> dict:
     """Versions of the Hugging Face baseline, for the machine record (None without torch)."""
     try:
@@ -261,6 +321,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-batch-sizes", nargs="+", type=int, default=[1])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face PyTorch")
+    parser.add_argument("--i3d-sizes", nargs="+", type=int, default=[64, 112, 224],
+                        help="i3d suite: input sides (px)")
+    parser.add_argument("--i3d-endpoint", default="Mixed_5c", choices=i3d.ENDPOINTS[:-1])
     parser.add_argument("--bf16-error-configs", nargs="*", default=["base"],
                         choices=list(timesformer.CONFIGS),
                         help="configs whose bf16-vs-float32 error is measured (none: skip)")

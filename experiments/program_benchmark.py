@@ -45,7 +45,6 @@ Reproduce (writes benchmarks/program.{json,md}):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import statistics

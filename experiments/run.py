@@ -53,8 +53,8 @@ import jax  # noqa: E402
 import tyro  # noqa: E402
 
 from nil_jax import envs, parallel, training  # noqa: E402
-from nil_jax.envs import assets  # noqa: E402
 from nil_jax.agents import bro  # noqa: E402
+from nil_jax import io_utils  # noqa: E402
 from nil_jax.io_utils import write_json  # noqa: E402
 from nil_jax.references.errors import ReferenceDataError  # noqa: E402
 from nil_jax.reward import nil_reward, regularizers, sources  # noqa: E402
@@ -234,7 +234,7 @@ def use_compilation_cache() -> None:
     """Compiled programs persist across runs (a resumed or repeated run skips minutes of
     compiling), in $NIL_JAX_CACHE/xla unless JAX_COMPILATION_CACHE_DIR says otherwise."""
     if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(assets.cache_root() / "xla"))
+        jax.config.update("jax_compilation_cache_dir", str(io_utils.cache_base() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 

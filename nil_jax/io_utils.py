@@ -1,12 +1,30 @@
-"""Small file helpers: every file is written to a temporary name and renamed into place."""
+"""Small file helpers: the user cache, file digests, and writes that never leave half a file
+(every file is written to a temporary name and renamed into place)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import tempfile
 from typing import Any
+
+
+def cache_base() -> pathlib.Path:
+    """The user cache of models, weights and compiled programs: $NIL_JAX_CACHE, default
+    $XDG_CACHE_HOME/nil_jax (~/.cache/nil_jax)."""
+    base = os.environ.get("NIL_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nil_jax")
+    return pathlib.Path(base)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def publish(tmp: str, path: pathlib.Path) -> None:

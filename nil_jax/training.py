@@ -55,7 +55,8 @@ from nil_jax.references import ingest as ingest_lib
 from nil_jax.references import synthetic
 from nil_jax.references.errors import (EmbodimentMismatchError, ReferenceDataError,
                                        TooFewFramesError)
-from nil_jax.reward import nil_reward, renderer, silhouettes, sources, timesformer
+from nil_jax.reward import i3d as i3d_lib
+from nil_jax.reward import nil_reward, renderer, silhouettes, sources
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,12 @@ class TrainConfig:
     # How a raw video is prepared (fps when the file lacks it, segmenter, SAM 2 checkpoint);
     # its skill and encoder come from the fields above.
     ingest: ingest_lib.IngestConfig = ingest_lib.IngestConfig()
-    encoder: str = "auto"  # auto: the pretrained TimeSformer if found, else no video stream
+    # The video stream's encoder (references.embed.ENCODERS): auto, the pretrained TimeSformer
+    # if found, else no video stream; i3d, the Kinetics-400 I3D; none; random (smoke runs)
+    encoder: str = "auto"
     encoder_checkpoint: Optional[str] = None  # default: $NIL_JAX_TIMESFORMER, else the K400 one
     random_encoder: str = "tiny"  # the architecture when encoder == "random" (smoke runs)
+    i3d: i3d_lib.EmbeddingConfig = i3d_lib.EmbeddingConfig()  # endpoint, pooling, size (i3d)
     encoder_dtype: str = "float32"  # "bfloat16" on accelerators
     render_size: Optional[int] = None  # side of the simulation's frames; None: the reference's
     reward: nil_reward.RewardConfig = nil_reward.RewardConfig()
@@ -100,6 +104,20 @@ class TrainConfig:
 
     def __post_init__(self):
         envs.embodiments.check_camera(self.camera)
+        if self.encoder not in embed_lib.ENCODERS:
+            raise ValueError(f"encoder must be one of {embed_lib.ENCODERS}, got "
+                             f"{self.encoder!r}")
+        if self.encoder_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"encoder_dtype must be float32 or bfloat16, got "
+                             f"{self.encoder_dtype!r}")
+        for name in ("env_steps", "chunk_iterations", "checkpoint_every"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.pd_action_scale > 0:
+            raise ValueError(f"pd_action_scale must be > 0 rad, got {self.pd_action_scale}")
+        if self.render_size is not None and self.render_size < 8:
+            raise ValueError(f"render_size must be >= 8 px (or None: the reference's), got "
+                             f"{self.render_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +194,8 @@ def video_encoder(config: TrainConfig, bundle: bundle_lib.ReferenceBundle
     if config.reward.video_weight == 0 or config.encoder == "none":
         return None, None, ["video stream off"]
     encoder, info = embed_lib.load(config.encoder, config.encoder_checkpoint,
-                                   random_config=config.random_encoder, seed=config.seed)
+                                   random_config=config.random_encoder, seed=config.seed,
+                                   i3d_embedding=config.i3d)
     if encoder is None:
         notes.append("NO TimeSformer weights found: the video stream is OFF "
                      f"({info.get('note')}); IoU and regularizers only")
@@ -190,9 +209,12 @@ def video_encoder(config: TrainConfig, bundle: bundle_lib.ReferenceBundle
         notes.append(f"reference embeddings computed now with {encoder.id}")
         embeddings = embed_lib.embed_frames(encoder, bundle.frames)
     dtype = jnp.bfloat16 if config.encoder_dtype == "bfloat16" else jnp.float32
-    return nil_reward.VideoEncoder(model=timesformer.TimesformerModel(encoder.config, dtype),
-                                   params=encoder.params,
-                                   preprocessing=encoder.preprocessing), embeddings, notes
+    video_encoder = encoder.video_encoder(dtype)
+    if isinstance(encoder.config, i3d_lib.EmbeddingConfig) and encoder.config.center:
+        center = np.mean(embeddings, axis=0)
+        embeddings = embeddings - center
+        video_encoder = dataclasses.replace(video_encoder, center=jnp.asarray(center))
+    return video_encoder, embeddings, notes
 
 
 def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:

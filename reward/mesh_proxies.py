@@ -31,7 +31,7 @@ Render cost grows with the proxies' projected bounding boxes, so the number of p
 mesh is capped in proportion to the mesh's size (`proxies_per_size`): 165-240 per robot.
 
 Fits are cached: in the process and on disk, one small .npz file per mesh under
-`<cache>/mesh_proxies/` (`<cache>` as in `envs.assets`: $NIL_JAX_CACHE, default
+`<cache>/mesh_proxies/` (`<cache>` = `io_utils.cache_base()`: $NIL_JAX_CACHE, default
 ~/.cache/nil_jax), keyed by a hash of the vertices, faces, body axes, fit parameters and
 `FORMAT_VERSION`. Files are written to a temporary name and renamed into place; an unreadable
 file is ignored and the mesh fitted again.
@@ -53,7 +53,6 @@ import numpy as np
 from scipy import ndimage
 
 from nil_jax import io_utils
-from nil_jax.envs import assets
 from nil_jax.reward.renderer import Primitive, SUPPORTED_TYPES, body_geoms, geom_primitives
 
 _BOX, _ELLIPSOID, _CAPSULE, _CYLINDER = (
@@ -557,7 +556,7 @@ _FITS: dict[str, list[Shape]] = {}  # in-process, by cache key
 
 def cache_folder() -> pathlib.Path:
     """`<cache>/mesh_proxies`, beside the robot files of `envs.assets`."""
-    return assets.cache_root().parents[1] / "mesh_proxies"  # <cache>/robots/<release>
+    return io_utils.cache_base() / "mesh_proxies"
 
 
 def cache_key(vertices: np.ndarray, faces: np.ndarray, body_axes: np.ndarray,

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from nil_jax.reward import regularizers, renderer, timesformer, video_preprocess
+from nil_jax.reward import i3d, regularizers, renderer, timesformer, video_preprocess
 
 CLIP_FRAMES = 8  # n_T of the paper (TimeSformer clips)
 ENCODER_INPUTS = ("shade", "silhouette")
@@ -70,11 +70,24 @@ class Reference:
 
 @dataclasses.dataclass(frozen=True)
 class VideoEncoder:
-    """The TimeSformer and its parameters; `dtype` bfloat16 runs it in bf16 on accelerators."""
+    """The clip encoder and its weights (a model built with dtype bfloat16 runs in bf16 on
+    accelerators): a TimeSformer, whose embedding is its CLS token, or an I3D, whose embedding
+    is its feature map at the model's endpoint pooled by `pooling` (`i3d.POOLINGS`)."""
 
-    model: timesformer.TimesformerModel
-    params: Any
+    model: timesformer.TimesformerModel | i3d.InceptionI3d
+    params: Any  # TimeSformer params, or I3D variables {'params', 'batch_stats'}
     preprocessing: video_preprocess.VideoPreprocessing = video_preprocess.VideoPreprocessing()
+    pooling: str = "mean"  # I3D only
+    # Subtracted from the embeddings before the cosine (the reference's mean embedding, which
+    # the reference embeddings handed to the reward already have subtracted), or None.
+    center: Optional[jax.Array] = None
+
+
+def embed_pixels(encoder: VideoEncoder, pixels: jax.Array) -> jax.Array:
+    """Embeddings (B, D) float32 of preprocessed clips (B, T, H, W, 3)."""
+    if isinstance(encoder.model, i3d.InceptionI3d):
+        return i3d.pool(encoder.model.apply(encoder.params, pixels), encoder.pooling)
+    return timesformer.embed(encoder.model, encoder.params, pixels)
 
 
 def encoder_frame(config: RewardConfig, frames: dict[str, jax.Array]) -> jax.Array:
@@ -96,16 +109,18 @@ def push_frame(clips: jax.Array, frame: jax.Array, first: jax.Array) -> jax.Arra
 
 
 def embed_clips(encoder: VideoEncoder, clips: jax.Array) -> jax.Array:
-    """TimeSformer embeddings (B, D) of grey uint8 clips (B, 8, H, W): the grey in three equal
-    channels, through the checkpoint's preprocessing (which resizes the one grey channel)."""
-    pixels = video_preprocess.preprocess(clips[..., None], encoder.preprocessing)
-    return timesformer.embed(encoder.model, encoder.params, pixels)
+    """Embeddings (B, D) of grey uint8 clips (B, 8, H, W): the grey in three equal channels,
+    through the encoder's preprocessing (which resizes the one grey channel)."""
+    return embed_pixels(encoder, video_preprocess.preprocess(clips[..., None],
+                                                             encoder.preprocessing))
 
 
 def video_similarity(encoder: VideoEncoder, clips: jax.Array,
                      reference_embeddings: jax.Array) -> jax.Array:
-    """S_v (B,): cosine of the TimeSformer embeddings of uint8 clips (B, 8, H, W) and z_ref (B, D)."""
+    """S_v (B,): cosine of the encoder's embeddings of uint8 clips (B, 8, H, W) and z_ref (B, D)."""
     z = embed_clips(encoder, clips)
+    if encoder.center is not None:
+        z = z - encoder.center.astype(z.dtype)
     return timesformer.cosine_similarity(z, reference_embeddings.astype(z.dtype))
 
 
@@ -127,7 +142,7 @@ def streams(config: RewardConfig, reference: Reference, encoder: Optional[VideoE
     out = {"reward/iou": renderer.mask_iou(frames["mask"], reference.masks[index])}
     if config.video_weight > 0:
         if encoder is None or reference.embeddings is None:
-            raise ValueError("The video stream needs a TimeSformer and reference embeddings; "
+            raise ValueError("The video stream needs a video encoder and reference embeddings; "
                              "set video_weight=0 to train without it.")
         z_ref = reference.embeddings[index]
         out["reward/video"] = jax.lax.cond(

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nil_jax.io_utils import write_bytes, write_json
+from nil_jax.io_utils import cache_base, write_bytes, write_json
 from nil_jax.reward.timesformer import TimesformerConfig, TimesformerModel
 
 logger = logging.getLogger(__name__)
@@ -290,9 +290,7 @@ def random_params(config: TimesformerConfig, seed: int = 0) -> dict:
 
 def cache_dir() -> pathlib.Path:
     """$NIL_JAX_CACHE/timesformer (default ~/.cache/nil_jax/timesformer), as envs.assets."""
-    base = os.environ.get("NIL_JAX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nil_jax")
-    return pathlib.Path(base) / "timesformer"
+    return cache_base() / "timesformer"
 
 
 def _sha256(paths: list[pathlib.Path]) -> str:

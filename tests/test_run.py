@@ -195,6 +195,21 @@ def test_bad_reward_sources_fail_clearly(run, h1_reference, tmp_path, capsys):
     assert run.run_folder("default", config)[0].name.startswith("h1-walk-pose-reward-default-")
 
 
+def test_bad_values_are_refused_before_anything_runs(run, tmp_path, capsys):
+    """Out-of-range numbers and misspelt choices: one message, exit code 2, no run folder."""
+    for flags, message in ((["--env-steps", "-5"], "env_steps must be >= 1, got -5"),
+                           (["--encoder-dtype", "bf16"], "encoder_dtype must be float32 or "
+                                                         "bfloat16, got 'bf16'"),
+                           (["--encoder", "k400"], "encoder must be one of"),
+                           (["--i3d.pooling", "max"], "I3D pooling must be one of")):
+        with pytest.raises(SystemExit) as exit_info:
+            run.main([*flags, "--runs-dir", str(tmp_path)])
+        assert exit_info.value.code == 2
+        # tyro boxes and wraps the message to the terminal's width.
+        assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert not list(tmp_path.iterdir())
+
+
 def test_config_file_and_flags_resolve_in_order(run, tmp_path):
     stored = {"config": {"embodiment": "g1", "env_steps": 123, "agent": {"num_envs": 3},
                          "reward": {"iou_weight": 0.5, "regularizers": {"foot_slip": 0.0}}}}

@@ -47,7 +47,7 @@ class IngestConfig:
     sam2_overrides: tuple[str, ...] = ()  # hydra overrides of the SAM 2 config
     background: segment.BackgroundModel = segment.BackgroundModel()
     interpolator: str = "auto"  # "flow", "linear" or "auto" (resample.py)
-    encoder: str = "auto"  # "auto", "pretrained", "random", "none" (embed.py)
+    encoder: str = "auto"  # "auto", "pretrained", "i3d", "random", "none" (embed.ENCODERS)
     encoder_checkpoint: Optional[str] = None  # default $NIL_JAX_TIMESFORMER, else the K400 one
     random_encoder: str = "base"  # architecture of the "random" encoder: embed.RANDOM_CONFIGS
     embed_batch: int = 8
