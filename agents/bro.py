@@ -97,6 +97,12 @@ class BroConfig:
     # Init scale of the actor's mean head (official: sqrt(2)). A small one starts the policy
     # near the zero action: for joint targets (PD actuation), near the home pose.
     actor_mean_init_scale: float = 2.0 ** 0.5
+    # Weight of mean_i tanh(mean_i)^2, the squared deterministic action, in the actor's loss (not
+    # in the official code; HER's DDPG `action_l2`). With joint targets it pulls the evaluated
+    # policy's joints toward home wherever the critic's gradient does not say otherwise: an
+    # action penalty in the reward reaches the actor only through the critic, whose gradient in
+    # the joints the reward does not see is noise.
+    action_l2: float = 0.0
     # losses
     discount: float = 0.99
     # Steps of reward summed into each stored transition before bootstrapping (agents/nstep.py;
@@ -135,6 +141,8 @@ class BroConfig:
             raise ValueError("replay_capacity must hold the warm-up and one step of every env.")
         if self.num_envs < 1 or self.batch_size < 1 or self.updates_per_step < 1:
             raise ValueError("num_envs, batch_size and updates_per_step must be positive.")
+        if not self.action_l2 >= 0:
+            raise ValueError(f"action_l2 must be >= 0 (0: off), got {self.action_l2}.")
         if self.n_step < 1:
             raise ValueError(f"n_step must be >= 1 (1: one-step targets), got {self.n_step}.")
 

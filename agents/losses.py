@@ -6,7 +6,8 @@ One BRO update (`bro.Bro.update`) applies them in this order, each with its own 
     critic_target       r + gamma * mask * (mean of the 2 target critics' quantiles
                         - alpha * log pi(a'|s')), a' ~ conservative actor(s')
     critic              quantile Huber loss of both critics against that target
-    actor               alpha * log pi(a|s) - mean Q(s, a), a ~ conservative actor (new critic)
+    actor               alpha * log pi(a|s) - mean Q(s, a) + action_l2 * mean tanh(mu(s))^2,
+                        a ~ conservative actor (new critic), mu its mean
     optimistic_actor    -(mean Q + beta_opt * |Q1 - Q2| / 2) + beta_kl * KL(optimistic || cons.)
     temperature         alpha * (entropy - target entropy)                        (dual: alpha)
     optimism            (beta_opt - pessimism) * (KL / |A| - KL target)        (dual: beta_opt)
@@ -86,9 +87,13 @@ def critic_loss(quantiles: jax.Array, target: jax.Array, taus: jax.Array,
 
 
 def actor_loss(log_prob: jax.Array, quantiles: jax.Array, temperature: jax.Array,
-               pessimism: float) -> jax.Array:
+               pessimism: float, deterministic_action: jax.Array,
+               action_l2: float = 0.0) -> jax.Array:
+    """deterministic_action (B, |A|) = tanh(mean): the action evaluation takes, penalized by
+    action_l2 * its mean square (0 in the official code)."""
     q = ensemble_value(quantiles, -pessimism).mean(-1)
-    return (temperature * log_prob - q).mean()
+    penalty = action_l2 * jnp.square(deterministic_action).mean(-1)
+    return (temperature * log_prob - q + penalty).mean()
 
 
 def optimistic_actor_loss(quantiles: jax.Array, kl: jax.Array, optimism: jax.Array,
@@ -142,8 +147,11 @@ def make_losses(critic_net: networks.DoubleCritic, actor_net: networks.Actor,
         mean, std = actor_net.apply(params, batch.obs)
         action, log_prob = networks.tanh_gaussian_sample(key, mean, std)
         quantiles = critic_net.apply(critic_params, batch.obs, action)
-        loss = actor_loss(log_prob, quantiles, temperature, config.pessimism)
-        return loss, {"actor_loss": loss, "entropy": -log_prob.mean(), "actor_std": std.mean()}
+        deterministic = jnp.tanh(mean)
+        loss = actor_loss(log_prob, quantiles, temperature, config.pessimism, deterministic,
+                          config.action_l2)
+        return loss, {"actor_loss": loss, "entropy": -log_prob.mean(), "actor_std": std.mean(),
+                      "action_square": jnp.square(deterministic).mean()}
 
     def optimistic_actor(params, batch, actor_params, critic_params, optimism, kl_weight, key):
         mean_c, std_c = actor_net.apply(actor_params, batch.obs)

@@ -2,7 +2,7 @@
 
 Every claim about learning cites this suite. For each case (what the policy trains on) and
 `--learning-seeds` seeds trained at once (`jax.vmap` over `Bro.init` and the jitted training
-chunk, `training.train_chunk`), starting from a `run.py` preset (`--learning-preset`, default
+chunk, `training.train_chunk`; `jax.lax.map` with a strided video stream: `over_seeds`), starting from a `run.py` preset (`--learning-preset`, default
 the default run) for its env steps:
 
     case            trains on
@@ -152,12 +152,25 @@ def spread(values: np.ndarray) -> dict:
                 max=float(values.max()))
 
 
+def over_seeds(setup: training.Setup, function):
+    """`function` of one seed mapped over a leading seed axis: `jax.vmap`, or `jax.lax.map`
+    (one seed after another inside the program) when the video stream runs every k > 1 steps.
+    Under vmap the stride's `lax.cond` turns into a select whose predicate is batched, and the
+    encoder would run at every step."""
+    strided_video = setup.reward.video_weight > 0 and setup.reward.video_stride > 1
+    if not strided_video:
+        return jax.vmap(function)
+    return lambda *batched: jax.lax.map(lambda args: function(*args), batched)
+
+
 def seeds_evaluation(setup: training.Setup, episodes: int):
     """`(agents, key) -> one metrics dict per seed`: each seed's deterministic policy by the
     run's protocol, the episodes of all seeds in one compiled call."""
     run = training.evaluation_function(setup, episodes)
     policy = training.POLICIES.index("nil")
-    records_of = jax.jit(jax.vmap(lambda agent, key: run(agent, policy, key), (0, None)))
+    per_seed = over_seeds(setup, lambda agent, key: run(agent, policy, key))
+    records_of = jax.jit(lambda agents, key: per_seed(
+        agents, jax.numpy.broadcast_to(key, (len(jax.tree.leaves(agents)[0]),) + key.shape)))
 
     def evaluate(agents, key):
         return summarize_seeds(setup, jax.device_get(records_of(agents, key)))
@@ -178,7 +191,8 @@ def train_case(setup: training.Setup, seeds: list[int], env_steps: int, eval_eve
     total_chunks = max(1, math.ceil(env_steps / per_chunk))
     eval_chunks = max(1, math.ceil(eval_every / per_chunk))
     evaluate_seeds = seeds_evaluation(setup, episodes)
-    chunk = jax.jit(jax.vmap(lambda s: training.train_chunk(learner, s, config.chunk_iterations)),
+    chunk = jax.jit(over_seeds(setup, lambda s: training.train_chunk(learner, s,
+                                                                     config.chunk_iterations)),
                     donate_argnums=0)
     start = time.perf_counter()
     state = jax.jit(jax.vmap(learner.init))(jax.numpy.stack([jax.random.PRNGKey(s)
@@ -297,7 +311,9 @@ def agent_summary(agent: dict) -> str:
             f"batch {agent['batch_size']}, critic {agent['critic_width']} x "
             f"{agent['num_quantiles']} quantiles, actor {agent['actor_width']}, tau "
             f"{agent['tau']}, initial temperature {agent['init_temperature']}, resets at {resets}"
-            + (", observations normalized" if agent.get("normalize_observations") else ""))
+            + (", observations normalized" if agent.get("normalize_observations") else "")
+            + (f", action L2 {agent['action_l2']:g} in the actor's loss"
+               if agent.get("action_l2") else ""))
 
 
 def markdown(record: dict) -> str:

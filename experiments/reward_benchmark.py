@@ -60,7 +60,7 @@ import numpy as np
 from nil_jax import envs, training
 from nil_jax.references import bundle as bundle_lib
 from nil_jax.references import synthetic
-from nil_jax.reward import (i3d, i3d_weights, nil_reward, renderer, silhouettes,
+from nil_jax.reward import (i3d, i3d_weights, nil_reward, renderer, silhouettes, timesformer,
                             video_preprocess)
 
 MOTIONS = ("true", "swapped", "in phase", "late", "standing", "half speed", "reversed",
@@ -199,11 +199,6 @@ def _features(model: i3d.InceptionI3d, variables: dict, size: int, clips: np.nda
     return np.concatenate(out)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, -1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1),
-                                          1e-8)
-
-
 def video_scores(embodiment, bundle, frames: np.ndarray, motion_poses: dict[str, np.ndarray],
                  encoders: list[str], endpoints: list[str], sizes: list[int],
                  inputs: list[str], render_size: int, frame_stride: int = 1
@@ -228,14 +223,16 @@ def video_scores(embodiment, bundle, frames: np.ndarray, motion_poses: dict[str,
             for name in inputs] if "i3d" in encoders else []
     if "i3d-random" in encoders:
         runs += [("i3d-random", "Mixed_5c", size, inputs[0]) for size in sizes]
-    variables = {}
-    scores = {}
+    variables, references, scores = {}, {}, {}
     for weights, endpoint, size, name in runs:
         if weights not in variables:
             variables[weights] = (i3d_weights.load_variables() if weights == "i3d"
                                   else i3d_weights.random_variables(seed=0))
         model = i3d.InceptionI3d(endpoint)
-        reference = _features(model, variables[weights], size, bundle.frames[clips])
+        if (weights, endpoint, size) not in references:  # the same for every input
+            references[weights, endpoint, size] = _features(model, variables[weights], size,
+                                                            bundle.frames[clips])
+        reference = references[weights, endpoint, size]
         by_motion = {m: _features(model, variables[weights], size, sim_frames[name][m][clips])
                      for m in motion_poses}
         label = "I3D random" if weights == "i3d-random" else "I3D"
@@ -246,8 +243,8 @@ def video_scores(embodiment, bundle, frames: np.ndarray, motion_poses: dict[str,
                 center = z_ref.mean(0) if centered else 0.0
                 stream = (f"{label} {endpoint} {pooling}{' centered' if centered else ''} "
                           f"{name} {size}px")
-                scores[stream] = {m: float(np.mean(_cosine(z[m] - center, z_ref - center)))
-                                  for m in motion_poses}
+                scores[stream] = {m: float(np.mean(timesformer.cosine_similarity(
+                    z[m] - center, z_ref - center))) for m in motion_poses}
     return scores
 
 

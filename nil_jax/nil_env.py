@@ -185,8 +185,11 @@ class NilEnv(Env):
         t = info["t"] + 1
         clip = nil_reward.push_frame(info["clip"], nil_reward.encoder_frame(self.config, frames),
                                      jnp.zeros_like(t, bool))
-        # One scalar for the batch: every env counts the same global steps.
-        run_video = info["global_step"][0] % self.config.video_stride == 0
+        # One clock for the batch, read as its max: an env that restarts its episode gets a
+        # fresh state (clock 0) from the learner's auto-reset, the others keep counting. It
+        # restarts only when every env restarts at once (the stride's phase then restarts).
+        clock = jnp.max(info["global_step"])
+        run_video = clock % self.config.video_stride == 0
         terms = nil_reward.streams(self.config, self.reference, self.encoder, step=t,
                                    frames=frames, clips=clip,
                                    previous_similarity=info["video_similarity"],
@@ -218,7 +221,7 @@ class NilEnv(Env):
         metrics.update({"reward/env": next_state.reward,
                         "nonfinite_reward": (~finite).astype(dtype)})
         info = dict(next_state.info, t=t, previous_action=action.astype(dtype), xpos=xpos,
-                    clip=clip, global_step=info["global_step"] + 1, mask=frames["mask"],
+                    clip=clip, global_step=jnp.full_like(t, clock + 1), mask=frames["mask"],
                     low_iou_steps=low_iou_steps,
                     video_similarity=terms.get("reward/video", info["video_similarity"]))
         return next_state.replace(obs=self._observe(next_state.obs, t),

@@ -29,6 +29,7 @@ import os
 import pathlib
 import pickle
 import tarfile
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -84,8 +85,6 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
             raise I3DWeightsError(
                 f"refused to unpickle {module}.{name}: the I3D checkpoint may hold only numpy "
                 "arrays; this file is not the checkpoint it claims to be")
-        import warnings
-
         with warnings.catch_warnings():  # numpy 2 renamed numpy.core; the alias still works
             warnings.simplefilter("ignore", DeprecationWarning)
             return _ALLOWED_GLOBALS[(module, name)]()

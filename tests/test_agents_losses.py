@@ -65,6 +65,24 @@ def test_critic_target_masks_terminal_states_only():
     np.testing.assert_allclose(target, [[3.25, 5.05], [1.0, 1.0]], atol=TOL)
 
 
+def test_actor_loss_action_l2_penalizes_the_deterministic_action():
+    log_prob = jnp.asarray([-1.0, -2.0])
+    quantiles = jnp.asarray([[[1.0, 3.0], [0.0, 2.0]]] * 2)  # Q (2, 1)
+    mean = jnp.asarray([[0.5, -1.0], [0.0, 2.0]])
+    off = losses.actor_loss(log_prob, quantiles, jnp.asarray(0.1), 0.0, jnp.tanh(mean))
+    on = losses.actor_loss(log_prob, quantiles, jnp.asarray(0.1), 0.0, jnp.tanh(mean), 3.0)
+    # (0.1 * (-1, -2) - (2, 1)) averaged; the penalty 3 * mean_i tanh(mean_i)^2 averaged
+    assert float(off) == pytest.approx(-1.65, abs=TOL)
+    penalty = 3.0 * np.mean(np.square(np.tanh(np.asarray(mean))))
+    assert float(on - off) == pytest.approx(penalty, abs=1e-5)
+    # with Q flat in the action, its gradient moves every mean toward 0 (home for joint targets)
+    grad = jax.grad(lambda m: losses.actor_loss(log_prob, quantiles, jnp.asarray(0.1), 0.0,
+                                                jnp.tanh(m), 3.0))(mean)
+    assert np.all(np.sign(grad) == np.sign(mean))
+    with pytest.raises(ValueError, match="action_l2"):
+        bro.BroConfig(action_l2=-1.0)
+
+
 def test_gaussian_kl_hand_computed():
     # KL(N(1, 1) || N(0, 2^2)) = log 2 + (1 + 1) / 8 - 1/2
     kl = losses.gaussian_kl(jnp.asarray([1.0]), jnp.asarray([1.0]), jnp.asarray([0.0]),

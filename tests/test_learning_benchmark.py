@@ -100,6 +100,29 @@ def test_settings_change_nested_fields_and_bad_ones_say_why(suite):
             suite.with_settings(base, [bad])
 
 
+def test_seeds_with_a_strided_video_stream_keep_the_stride_a_cond(suite):
+    """Under vmap over seeds a cond on a seed's clock is a select (both branches run every
+    step); the suite maps such seeds with lax.map, where it stays a cond, with the same values."""
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    from nil_jax.reward import nil_reward
+
+    def one_seed(clock, x):
+        return jax.lax.cond(clock % 4 == 0, jnp.sin, lambda y: y, x)
+
+    clocks, xs = jnp.arange(3), jnp.linspace(0.0, 1.0, 6).reshape(3, 2)
+    primitives = {}
+    for stride in (1, 4):
+        setup = types.SimpleNamespace(reward=nil_reward.RewardConfig(video_stride=stride))
+        mapped = suite.over_seeds(setup, one_seed)
+        np.testing.assert_allclose(mapped(clocks, xs), jax.vmap(one_seed)(clocks, xs))
+        primitives[stride] = str(jax.make_jaxpr(mapped)(clocks, xs))
+    assert " cond[" in primitives[4] and " cond[" not in primitives[1]
+
+
 def test_learn_gpu_script_runs_its_cpu_twin(h1_reference, tmp_path):
     """experiments/learn_gpu.sh as on the accelerator (the gpu preset: MJX physics, the suite,
     files under $OUT), at tiny sizes on a short synthetic walk: one case, two seeds, two

@@ -93,6 +93,15 @@ def test_steps_give_the_nil_reward_of_each_term(nil):
     # The observation: the robot's, then the fraction of the reference played.
     assert state.obs.shape == (NUM_ENVS, env.robot.observation_size + 1)
     np.testing.assert_allclose(state.obs[:, -1], 4 / (LENGTH - 1), rtol=1e-6)
+    # The stride's clock is the batch's: env 0 restarting its episode (the learner's auto-reset
+    # gives it a fresh clock 0) neither restarts the clock nor moves its phase.
+    restarted = state.replace(info=dict(state.info, global_step=state.info["global_step"].at[0]
+                                        .set(0)))
+    after = nil["step"](restarted, action)  # clock 4: computed
+    np.testing.assert_array_equal(after.info["global_step"], np.full(NUM_ENVS, 5))
+    held = nil["step"](after, -action)  # clock 5: held
+    np.testing.assert_array_equal(held.metrics["reward/video"], after.metrics["reward/video"])
+    assert not np.array_equal(after.metrics["reward/video"], m["reward/video"])
 
 
 def test_reward_sources_pick_the_reward_trained_on(nil):
