@@ -147,7 +147,7 @@ def make_losses(critic_net: networks.DoubleCritic, actor_net: networks.Actor,
         mean, std = actor_net.apply(params, batch.obs)
         action, log_prob = networks.tanh_gaussian_sample(key, mean, std)
         quantiles = critic_net.apply(critic_params, batch.obs, action)
-        deterministic = jnp.tanh(mean)
+        deterministic = networks.tanh_gaussian_mode(mean)
         loss = actor_loss(log_prob, quantiles, temperature, config.pessimism, deterministic,
                           config.action_l2)
         return loss, {"actor_loss": loss, "entropy": -log_prob.mean(), "actor_std": std.mean(),

@@ -2,8 +2,9 @@
 
 Every claim about learning cites this suite. For each case (what the policy trains on) and
 `--learning-seeds` seeds trained at once (`jax.vmap` over `Bro.init` and the jitted training
-chunk, `training.train_chunk`; `jax.lax.map` with a strided video stream: `over_seeds`), starting from a `run.py` preset (`--learning-preset`, default
-the default run) for its env steps:
+chunk, `training.train_chunk`; `jax.lax.map` with a strided video stream: `over_seeds`),
+starting from a `run.py` preset (`--learning-preset`, default the default run) for its env
+steps:
 
     case            trains on
     nil             NIL's reward as the run resolves it (IoU + regularizers, + video when an
@@ -168,9 +169,8 @@ def seeds_evaluation(setup: training.Setup, episodes: int):
     run's protocol, the episodes of all seeds in one compiled call."""
     run = training.evaluation_function(setup, episodes)
     policy = training.POLICIES.index("nil")
-    per_seed = over_seeds(setup, lambda agent, key: run(agent, policy, key))
-    records_of = jax.jit(lambda agents, key: per_seed(
-        agents, jax.numpy.broadcast_to(key, (len(jax.tree.leaves(agents)[0]),) + key.shape)))
+    records_of = jax.jit(lambda agents, key: over_seeds(
+        setup, lambda agent: run(agent, policy, key))(agents))  # the same key for every seed
 
     def evaluate(agents, key):
         return summarize_seeds(setup, jax.device_get(records_of(agents, key)))
