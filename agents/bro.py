@@ -103,6 +103,11 @@ class BroConfig:
     # action penalty in the reward reaches the actor only through the critic, whose gradient in
     # the joints the reward does not see is noise.
     action_l2: float = 0.0
+    # Multiply action_l2 by the batch's mean |Q| (held constant, as TD3+BC scales its BC term):
+    # the penalty then follows the reward's scale (a fixed weight that suits the NIL reward
+    # swamps a smaller one) and grows as the critic learns that the policy survives, so it does
+    # not hold a policy that cannot yet stand at the falling home pose.
+    action_l2_by_q: bool = False
     # losses
     discount: float = 0.99
     # Steps of reward summed into each stored transition before bootstrapping (agents/nstep.py;

@@ -7,7 +7,8 @@ One BRO update (`bro.Bro.update`) applies them in this order, each with its own 
                         - alpha * log pi(a'|s')), a' ~ conservative actor(s')
     critic              quantile Huber loss of both critics against that target
     actor               alpha * log pi(a|s) - mean Q(s, a) + action_l2 * mean tanh(mu(s))^2,
-                        a ~ conservative actor (new critic), mu its mean
+                        a ~ conservative actor (new critic), mu its mean; with
+                        action_l2_by_q the weight is action_l2 * mean |Q| (a constant)
     optimistic_actor    -(mean Q + beta_opt * |Q1 - Q2| / 2) + beta_kl * KL(optimistic || cons.)
     temperature         alpha * (entropy - target entropy)                        (dual: alpha)
     optimism            (beta_opt - pessimism) * (KL / |A| - KL target)        (dual: beta_opt)
@@ -88,11 +89,15 @@ def critic_loss(quantiles: jax.Array, target: jax.Array, taus: jax.Array,
 
 def actor_loss(log_prob: jax.Array, quantiles: jax.Array, temperature: jax.Array,
                pessimism: float, deterministic_action: jax.Array,
-               action_l2: float = 0.0) -> jax.Array:
+               action_l2: float = 0.0, action_l2_by_q: bool = False) -> jax.Array:
     """deterministic_action (B, |A|) = tanh(mean): the action evaluation takes, penalized by
-    action_l2 * its mean square (0 in the official code)."""
+    action_l2 * its mean square (0 in the official code). With action_l2_by_q the weight is
+    action_l2 * the batch's mean |Q|, held constant (TD3+BC's normalizer): the penalty keeps its
+    share of the loss whatever the reward's scale, and is small while the critic still expects
+    early falls."""
     q = ensemble_value(quantiles, -pessimism).mean(-1)
-    penalty = action_l2 * jnp.square(deterministic_action).mean(-1)
+    weight = action_l2 * (jax.lax.stop_gradient(jnp.abs(q).mean()) if action_l2_by_q else 1.0)
+    penalty = weight * jnp.square(deterministic_action).mean(-1)
     return (temperature * log_prob - q + penalty).mean()
 
 
@@ -149,7 +154,7 @@ def make_losses(critic_net: networks.DoubleCritic, actor_net: networks.Actor,
         quantiles = critic_net.apply(critic_params, batch.obs, action)
         deterministic = networks.tanh_gaussian_mode(mean)
         loss = actor_loss(log_prob, quantiles, temperature, config.pessimism, deterministic,
-                          config.action_l2)
+                          config.action_l2, config.action_l2_by_q)
         return loss, {"actor_loss": loss, "entropy": -log_prob.mean(), "actor_std": std.mean(),
                       "action_square": jnp.square(deterministic).mean()}
 

@@ -312,8 +312,9 @@ def agent_summary(agent: dict) -> str:
             f"{agent['num_quantiles']} quantiles, actor {agent['actor_width']}, tau "
             f"{agent['tau']}, initial temperature {agent['init_temperature']}, resets at {resets}"
             + (", observations normalized" if agent.get("normalize_observations") else "")
-            + (f", action L2 {agent['action_l2']:g} in the actor's loss"
-               if agent.get("action_l2") else ""))
+            + (f", action L2 {agent['action_l2']:g}"
+               + (" x the batch's mean |Q|" if agent.get("action_l2_by_q") else "")
+               + " in the actor's loss" if agent.get("action_l2") else ""))
 
 
 def markdown(record: dict) -> str:

@@ -269,23 +269,31 @@ def main(argv: Optional[list[str]] = None) -> dict:
         raise SystemExit(f"{e}\n(--encoder auto trains without the video stream when no weights "
                          "are found; --encoder pretrained, as in the paper preset, needs them.)"
                          ) from e
-    if main_process:
-        write_json(run_dir / "config.json", {
-            "preset": preset, "config": dataclasses.asdict(config),
-            "resolved": {"backend": setup.env.backend, "jax_platform": jax.default_backend(),
-                         "devices": len(jax.devices()), "processes": jax.process_count(),
-                         "reward": dataclasses.asdict(setup.reward),
-                         "episode_length": setup.learner.config.episode_length,
-                         "reference": setup.reference_path, "notes": list(setup.notes)}})
+    record = {"preset": preset, "config": dataclasses.asdict(config),
+              "resolved": {"backend": setup.env.backend, "jax_platform": jax.default_backend(),
+                           "devices": len(jax.devices()), "processes": jax.process_count(),
+                           "reward": dataclasses.asdict(setup.reward),
+                           "episode_length": setup.learner.config.episode_length,
+                           "reference": setup.reference_path, "notes": list(setup.notes)}}
+    if config.resume:  # the first session's notes stay
+        earlier = json.loads((run_dir / "config.json").read_text())["resolved"].get("notes", [])
+        record["resolved"]["notes"] = list(dict.fromkeys(earlier + list(setup.notes)))
+    elif main_process:
+        write_json(run_dir / "config.json", record)
     print(f"[nil_jax] {config.embodiment}/{config.skill}, preset {preset}, "
           f"{setup.env.backend} physics on {len(jax.devices())} {jax.default_backend()} "
           f"device(s) -> {run_dir}")
     for note in setup.notes:
         print(f"[nil_jax] !! {note}")
 
-    state, finished = training.train(setup, run_dir, config.env_steps, resume=config.resume,
-                                     progress=config.progress)
+    try:
+        state, finished = training.train(setup, run_dir, config.env_steps, resume=config.resume,
+                                         progress=config.progress)
+    except training.CheckpointError as e:
+        raise SystemExit(str(e)) from e
     if main_process:
+        if config.resume:  # written once the resumed training ran, never for one that failed
+            write_json(run_dir / "config.json", record)
         reports.plot_progress(run_dir / "progress.csv", run_dir / "reward_curves.png")
     if not finished:
         print(f"[nil_jax] stopped; checkpoint written. Continue with: python experiments/run.py "

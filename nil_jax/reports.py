@@ -77,7 +77,7 @@ def training_summary(csv_path: pathlib.Path) -> dict[str, float]:
     if not columns:
         return {}
     chunk_iterations = np.diff(columns["iteration"], prepend=0)
-    summary = {"wall_s_last_session": float(columns["wall_s"][-1]),
+    summary = {"train_wall_s": float(columns["wall_s"][-1]),  # every session's
                "episodes_finished": float(np.nansum(columns["episodes_finished"]))}
     if "invalid_transitions" in columns:  # diverged physics or reward: never trained on
         summary["invalid_transitions"] = float(np.nansum(

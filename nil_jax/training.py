@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -314,12 +315,55 @@ def checkpoints(run_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)))
 
 
+class CheckpointError(RuntimeError):
+    """--resume found checkpoints and none of them could be restored."""
+
+
 def init_or_resume(setup: Setup, run_dir: pathlib.Path, resume: bool) -> bro.LearnerState:
-    found = checkpoints(run_dir) if resume else []
-    if found:
-        logger.info("Resuming from %s", found[-1])
-        return checkpoint.restore(found[-1], setup.learner, shardings=setup.shardings)
-    return parallel.init(setup.learner, jax.random.PRNGKey(setup.config.seed), setup.shardings)
+    """A fresh state, or with `resume` the newest checkpoint that restores. A damaged one (a
+    data file truncated or deleted) is said loudly, renamed `step_N.damaged` (so that the run
+    saves that step again) and the previous one is tried; a run folder with no complete
+    checkpoint (a save killed midway leaves only its temporary folder) starts from step 0, said
+    loudly too."""
+    if not resume:
+        return parallel.init(setup.learner, jax.random.PRNGKey(setup.config.seed),
+                             setup.shardings)
+    found = checkpoints(run_dir)
+    if not found:
+        unfinished = sorted(p.name for p in
+                            (run_dir / "checkpoints").glob("step_*.orbax-checkpoint-tmp*"))
+        logger.warning("!! --resume: %s holds no complete checkpoint%s: training starts from "
+                       "step 0.", run_dir, f" (only {', '.join(unfinished)}, left by a save that "
+                       "was killed)" if unfinished else "")
+        return parallel.init(setup.learner, jax.random.PRNGKey(setup.config.seed),
+                             setup.shardings)
+    failures = []
+    for path in reversed(found):
+        try:
+            state = checkpoint.restore(path, setup.learner, shardings=setup.shardings)
+        except Exception as e:  # orbax and TensorStore raise many kinds for a damaged file
+            lines = str(e).strip().splitlines()
+            reason = f"{type(e).__name__}: {lines[0].split(' See full')[0][:200] if lines else ''}"
+            failures.append(f"{path.name} ({reason})")
+            aside = path.with_name(path.name + ".damaged")
+            for number in itertools.count(2):  # an earlier session may have set one aside
+                if not aside.exists():
+                    break
+                aside = path.with_name(f"{path.name}.damaged{number}")
+            logger.warning("!! checkpoint %s cannot be restored, it is damaged (%s); it is kept "
+                           "as %s and the previous checkpoint is tried.", path, reason, aside.name)
+            if parallel.is_main_process():
+                path.rename(aside)
+            continue
+        if failures:
+            logger.warning("!! resumed from %s, the newest checkpoint that restores: the "
+                           "iterations after it run again.", path)
+        else:
+            logger.info("Resuming from %s", path)
+        return state
+    raise CheckpointError(f"--resume: none of the checkpoints in {run_dir / 'checkpoints'} can "
+                          f"be restored: {'; '.join(failures)}. Start a new run (another "
+                          f"--run-name), or restore a backup of the run folder.")
 
 
 def save_checkpoint(run_dir: pathlib.Path, state: bro.LearnerState, keep: int = 3
@@ -342,15 +386,16 @@ class MetricsLog:
     """One row per chunk to `progress.csv` and TensorBoard. On resume, rows past the restored
     iteration (work lost since the last checkpoint) are dropped from both."""
 
-    def __init__(self, run_dir: pathlib.Path, resume_iteration: int):
+    def __init__(self, run_dir: pathlib.Path, resume_iteration: int, resume: bool = False):
         self.path = run_dir / "progress.csv"
         self.rows = []
         if self.path.exists() and resume_iteration > 0:
             with open(self.path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_iteration]
+        # A resume from step 0 (no complete checkpoint) purges every earlier event too.
         self.writer = tensorboardX.SummaryWriter(str(run_dir / "tensorboard"),
                                                  purge_step=resume_iteration + 1
-                                                 if resume_iteration else None)
+                                                 if resume or resume_iteration else None)
 
     def append(self, row: dict[str, float]) -> None:
         self.rows.append(row)
@@ -403,11 +448,12 @@ def train(setup: Setup, run_dir: pathlib.Path, env_steps: int, *, resume: bool =
     state = init_or_resume(setup, run_dir, resume)
     done_chunks = int(np.asarray(state.step)) // config.chunk_iterations
     main = parallel.is_main_process()  # one process writes the logs
-    log = MetricsLog(run_dir, int(np.asarray(state.step))) if main else None
+    log = MetricsLog(run_dir, int(np.asarray(state.step)), resume) if main else None
     chunk = chunk_function(setup, config.chunk_iterations)
     bar = tqdm.tqdm(total=total_chunks * per_chunk, initial=done_chunks * per_chunk,
                     unit="env step", disable=not (progress and main), dynamic_ncols=True)
-    started = time.perf_counter()
+    # progress.csv's wall_s counts every session's training, so a resumed run's total is true.
+    started = time.perf_counter() - (float(log.rows[-1]["wall_s"]) if log and log.rows else 0.0)
     finished = True
     try:
         with StopRequest() as stop:

@@ -79,6 +79,14 @@ def test_actor_loss_action_l2_penalizes_the_deterministic_action():
     grad = jax.grad(lambda m: losses.actor_loss(log_prob, quantiles, jnp.asarray(0.1), 0.0,
                                                 jnp.tanh(m), 3.0))(mean)
     assert np.all(np.sign(grad) == np.sign(mean))
+    # relative to Q: the weight is 3 * mean |Q| = 3 * 1.5, and Q's scale gets no gradient
+    by_q = losses.actor_loss(log_prob, quantiles, jnp.asarray(0.1), 0.0, jnp.tanh(mean), 3.0,
+                             action_l2_by_q=True)
+    assert float(by_q - off) == pytest.approx(1.5 * penalty, abs=1e-5)
+    q_grad = jax.grad(lambda q: losses.actor_loss(log_prob, q, jnp.asarray(0.1), 0.0,
+                                                  jnp.tanh(mean), 3.0, True))(quantiles)
+    np.testing.assert_allclose(q_grad, jax.grad(lambda q: losses.actor_loss(
+        log_prob, q, jnp.asarray(0.1), 0.0, jnp.tanh(mean)))(quantiles), atol=1e-7)
     with pytest.raises(ValueError, match="action_l2"):
         bro.BroConfig(action_l2=-1.0)
 

@@ -3,7 +3,9 @@
 One H1 run (a short synthetic walk at 32x32, 2 envs, small BRO nets) is stopped by a Ctrl-C
 request after its first chunk, resumed with `--resume`, and finished: the run folder must hold
 every output, the logs must continue where the checkpoint left off, and the evaluation must
-score the policy and both baselines. Bad inputs fail before anything is compiled.
+score the policy and both baselines. Its newest checkpoint is then damaged and the run
+resumed again: the previous checkpoint is used, said loudly. Bad inputs fail before anything is
+compiled.
 """
 
 import csv
@@ -108,6 +110,39 @@ def test_run_stops_resumes_and_writes_every_output(run, h1_reference, tmp_path, 
     assert frames[0].shape == (32, 96, 3)  # reference | simulation | masks
     assert len(frames) == 10  # 40 control steps at 100 Hz shown at 25 fps
     assert not [p for p in folder.rglob(".*") if p.is_file()]  # no temporary files left
+    # wall_s counts both sessions' training
+    walls = [float(r["wall_s"]) for r in rows]
+    assert walls == sorted(walls) and metrics["training"]["train_wall_s"] == walls[-1]
+
+    # A damaged newest checkpoint (a data file deleted): said, set aside, the previous one used.
+    def damage(path):  # every data file (orbax's OCDBT d/ folders) truncated to half
+        data = [p for p in path.rglob("*") if p.is_file() and p.parent.name == "d"]
+        assert data, sorted(p.relative_to(path) for p in path.rglob("*"))
+        for file in data:
+            os.truncate(file, file.stat().st_size // 2)
+
+    notes = config["resolved"]["notes"]
+    damage(folder / "checkpoints" / "step_30")
+    metrics = run.main(["--runs-dir", str(tmp_path), "--run-name", "smoke", "--resume",
+                        "--env-steps", "70", "--no-progress"])
+    log = (folder / "log.txt").read_text()
+    assert "step_30 cannot be restored" in log and "resumed from" in log
+    assert (folder / "checkpoints" / "step_30.damaged").is_dir()
+    assert [p.name for p in training.checkpoints(folder)] == ["step_25", "step_30", "step_35"]
+    with open(folder / "progress.csv", newline="") as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [5, 10, 15, 20, 25, 30, 35]
+    assert metrics["training"]["env_steps"] == 70
+    config = json.loads((folder / "config.json").read_text())
+    assert config["config"]["env_steps"] == 70 and set(notes) <= set(config["resolved"]["notes"])
+    # None restores: one line that says so; config.json keeps what last ran.
+    for path in training.checkpoints(folder):
+        damage(path)
+    with pytest.raises(SystemExit, match="none of the checkpoints"):
+        run.main(["--runs-dir", str(tmp_path), "--run-name", "smoke", "--resume",
+                  "--env-steps", "80", "--no-progress"])
+    assert json.loads((folder / "config.json").read_text())["config"]["env_steps"] == 70
+
+
 
 
 def test_stop_request_turns_ctrl_c_into_a_request():
