@@ -108,6 +108,10 @@ class BroConfig:
     # swamps a smaller one) and grows as the critic learns that the policy survives, so it does
     # not hold a policy that cannot yet stand at the falling home pose.
     action_l2_by_q: bool = False
+    # The action_l2 weight rises linearly from 0 to its value over the first this many
+    # transitions (0: constant). A weight strong enough to hold the unseen joints home also
+    # holds a policy that cannot yet stand at the home pose, which falls.
+    action_l2_ramp_steps: int = 0
     # losses
     discount: float = 0.99
     # Steps of reward summed into each stored transition before bootstrapping (agents/nstep.py;
@@ -148,6 +152,9 @@ class BroConfig:
             raise ValueError("num_envs, batch_size and updates_per_step must be positive.")
         if not self.action_l2 >= 0:
             raise ValueError(f"action_l2 must be >= 0 (0: off), got {self.action_l2}.")
+        if self.action_l2_ramp_steps < 0:
+            raise ValueError(f"action_l2_ramp_steps must be >= 0 (0: no ramp), got "
+                             f"{self.action_l2_ramp_steps}.")
         if self.n_step < 1:
             raise ValueError(f"n_step must be >= 1 (1: one-step targets), got {self.n_step}.")
 
@@ -400,10 +407,11 @@ class Bro:
 
     # ----- learning -----
 
-    def update(self, agent: AgentState, batch: Transition,
-               key: jax.Array) -> tuple[AgentState, dict]:
+    def update(self, agent: AgentState, batch: Transition, key: jax.Array,
+               action_l2: Optional[jax.Array] = None) -> tuple[AgentState, dict]:
         """One BRO update on one batch, in the official order (critic first; the actors see
-        the new critic; the duals use the statistics of this update's actor losses)."""
+        the new critic; the duals use the statistics of this update's actor losses).
+        `action_l2`: the actor's action L2 weight now (`action_l2_weight`); None: the config's."""
         c, o, fn = self.config, self.optimizers, self.losses
         key_next, key_actor, key_optimistic = jax.random.split(key, 3)
         batch = batch.replace(obs=self.normalize(agent, batch.obs),
@@ -419,7 +427,7 @@ class Bro:
         target_critic = optax.incremental_update(critic.params, agent.target_critic, c.tau)
 
         actor, info_actor = apply_loss(agent.actor, o.actor, fn.actor, batch, critic.params,
-                                       temperature, key_actor, name="actor")
+                                       temperature, key_actor, action_l2, name="actor")
         optimism = losses.bounded_exp(agent.optimism.params, c.dual_log_min, c.dual_log_max)
         kl_weight = losses.bounded_exp(agent.kl_weight.params, c.dual_log_min, c.dual_log_max)
         optimistic_actor, info_optimistic = apply_loss(
@@ -440,15 +448,15 @@ class Bro:
         return agent, {**info, **info_actor, **info_optimistic, **info_temperature,
                        **info_optimism, **info_kl_weight}
 
-    def updates(self, agent: AgentState, buffer: ReplayState,
-                key: jax.Array) -> tuple[AgentState, dict]:
+    def updates(self, agent: AgentState, buffer: ReplayState, key: jax.Array,
+                action_l2: Optional[jax.Array] = None) -> tuple[AgentState, dict]:
         """`updates_per_step` updates, each on its own uniform batch; info averaged over them."""
         def one(agent, key):
             key_sample, key_update = jax.random.split(key)
             batch = replay.sample(buffer, key_sample, self.config.batch_size)
             if self.batch_sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, self.batch_sharding)
-            return self.update(agent, batch, key_update)
+            return self.update(agent, batch, key_update, action_l2)
 
         keys = jax.random.split(key, self.config.updates_per_step)
         agent, info = jax.lax.scan(one, agent, keys)
@@ -480,6 +488,15 @@ class Bro:
         info["done"] = done
         return tree_where(done > 0, fresh, next_state), transition, info
 
+    def action_l2_weight(self, step: jax.Array) -> Optional[jax.Array]:
+        """The action L2 weight of iteration `step` (0-based) under `action_l2_ramp_steps`;
+        None without a ramp (the constant `action_l2`)."""
+        c = self.config
+        if not c.action_l2_ramp_steps:
+            return None
+        transitions = (step + 1).astype(jnp.float32) * c.num_envs
+        return c.action_l2 * jnp.minimum(1.0, transitions / c.action_l2_ramp_steps)
+
     def maybe_reset(self, agent: AgentState, initial_params: AgentParams,
                     step: jax.Array) -> tuple[AgentState, jax.Array]:
         """The agent of iteration `step`: a fresh one at `initial_params` on the reset
@@ -507,8 +524,10 @@ class Bro:
         agent, reset = self.maybe_reset(self.observe(state.agent, state.env_state.obs),
                                         state.initial_params, state.step)
 
+        action_l2 = self.action_l2_weight(state.step)
+
         def learn(agent):
-            return self.updates(agent, buffer, key_update)
+            return self.updates(agent, buffer, key_update, action_l2)
 
         def wait(agent):
             _, info = jax.eval_shape(learn, agent)
@@ -519,6 +538,8 @@ class Bro:
         agent, info = jax.lax.cond(warming_up, wait, learn, agent)
         state = state.replace(agent=agent, replay=buffer, env_state=env_state, key=key,
                               step=state.step + 1, window=window)
+        if action_l2 is not None:
+            info = {**info, "action_l2_weight": action_l2}
         return state, {**info, **env_info, "agent_reset": reset.astype(jnp.float32),
                        "warming_up": warming_up.astype(jnp.float32), "replay_size": buffer.size}
 

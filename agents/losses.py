@@ -148,13 +148,14 @@ def make_losses(critic_net: networks.DoubleCritic, actor_net: networks.Actor,
         return loss, {"critic_loss": loss, "q_mean": quantiles.mean(),
                       "q_std": quantiles.mean(-1).std(), "reward_mean": batch.reward.mean()}
 
-    def actor(params, batch, critic_params, temperature, key):
+    def actor(params, batch, critic_params, temperature, key, action_l2=None):
         mean, std = actor_net.apply(params, batch.obs)
         action, log_prob = networks.tanh_gaussian_sample(key, mean, std)
         quantiles = critic_net.apply(critic_params, batch.obs, action)
         deterministic = networks.tanh_gaussian_mode(mean)
         loss = actor_loss(log_prob, quantiles, temperature, config.pessimism, deterministic,
-                          config.action_l2, config.action_l2_by_q)
+                          config.action_l2 if action_l2 is None else action_l2,
+                          config.action_l2_by_q)
         return loss, {"actor_loss": loss, "entropy": -log_prob.mean(), "actor_std": std.mean(),
                       "action_square": jnp.square(deterministic).mean()}
 

@@ -14,8 +14,11 @@ quantities (body poses, velocities) are not part of the state; compute them wher
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import functools
 import math
+import re
 import threading
 from typing import Protocol
 
@@ -30,6 +33,18 @@ from mujoco import mjx
 BACKENDS = ("mjx", "cpu")
 PHYSICS_FIELDS = ("time", "qpos", "qvel", "act", "qacc_warmstart")
 MAX_VALUE = 1e10  # MuJoCo's mjMAXVAL: larger magnitudes count as diverged, like NaN and inf
+
+# C MuJoCo prints every engine warning to stdout and appends it to MUJOCO_LOG.TXT in the working
+# directory: thousands in a CPU run, as the warm-up's random actions drive the solver to
+# non-convex line searches and states that diverge (which the env undoes and counts as invalid
+# transitions). Once a CpuBackend exists they are counted here instead, by kind (numbers
+# dropped), for the run to report; `mujoco.set_mju_user_warning(None)` restores MuJoCo's own.
+MUJOCO_WARNINGS: collections.Counter = collections.Counter()
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+def _count_mujoco_warning(message: bytes) -> None:
+    MUJOCO_WARNINGS[re.sub(r"-?\d+(\.\d+)?", "#", message.decode(errors="replace"))] += 1
 
 
 @struct.dataclass
@@ -111,6 +126,7 @@ class CpuBackend:
         self.nthread = nthread
         self._batches: dict[int, mj_batch.Batch] = {}
         self._lock = threading.Lock()  # a Batch must not be used from two threads at once
+        mujoco.set_mju_user_warning(_count_mujoco_warning)
 
     def init(self, qpos, qvel):
         return _init_state(self.mj_model, qpos, qvel)

@@ -314,6 +314,8 @@ def agent_summary(agent: dict) -> str:
             + (", observations normalized" if agent.get("normalize_observations") else "")
             + (f", action L2 {agent['action_l2']:g}"
                + (" x the batch's mean |Q|" if agent.get("action_l2_by_q") else "")
+               + (f", ramped in over {agent['action_l2_ramp_steps']:,} env steps"
+                  if agent.get("action_l2_ramp_steps") else "")
                + " in the actor's loss" if agent.get("action_l2") else ""))
 
 

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import sys
 import time
 import typing
@@ -62,6 +63,15 @@ from nil_jax.reward.timesformer_weights import TimesformerWeightsError  # noqa: 
 from nil_jax import reports  # noqa: E402
 
 logger = logging.getLogger("nil_jax.run")
+# The run's own lines, printed for the user and kept in log.txt (the file handler is the run's).
+console = logging.getLogger("nil_jax.run.console")
+console.setLevel(logging.INFO)
+console.propagate = False
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+    console.info(line)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +162,26 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+# --help's opening (tyro keeps these lines as they are, and lists every field after them).
+HELP = "\n".join([
+    "Trains a policy to imitate a reference video (NIL's reward), evaluates it, writes "
+    "runs/<name>/.",
+    "",
+    "Applied in order: --preset NAME, --config-file F (JSON: an earlier config.json works), "
+    "the flags.",
+    "  --preset default   H1 imitating its synthetic walk on a CPU, about 12 minutes",
+    "  --preset quick     the same in about 3 minutes: a check that everything works",
+    "  --preset gpu       one accelerator: MJX, 1,024 envs, 10M env steps",
+    "  --preset paper     as in the paper: torques, video stream in bf16, official BRO, 256 MJX "
+    "envs",
+    "",
+    "The flags most runs change:",
+    "  --embodiment h1|talos|g1|a1     --skill walk|sit|hang|balance     --camera side|oblique",
+    "  --reference FILE (a bundle .npz, or a video of the robot)     --reward-source nil|task|pose",
+    "  --env-steps N     --seed N     --encoder auto|i3d|none     --agent.num-envs N",
+    "  --run-name NAME --resume (continue a stopped run)"])
+
+
 def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
@@ -170,8 +200,7 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
             sources.check(default.reward_source)
         except ValueError as e:
             raise SystemExit(f"{path}: {e}") from e
-    config = tyro.cli(RunConfig, default=default, args=rest,
-                      description=__doc__.split("\n")[0])
+    config = tyro.cli(RunConfig, default=default, args=rest, description=HELP)
     if config.embodiment not in envs.EMBODIMENTS:
         raise SystemExit(f"Unknown --embodiment {config.embodiment!r}; "
                          f"choose one of {sorted(envs.EMBODIMENTS)}.")
@@ -250,17 +279,56 @@ def main(argv: Optional[list[str]] = None) -> dict:
         parallel.initialize(config.coordinator_address, config.num_processes, config.process_id)
     main_process = parallel.is_main_process()  # the one that writes the run's files
     run_dir, preset, config = run_folder(preset, config)
+    new_folder = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    log_file = logging.FileHandler(run_dir / "log.txt") if main_process else None
     # Libraries' INFO lines (orbax, absl, jax) would drown the run's own.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
-                        handlers=[logging.StreamHandler()] + (
-                            [logging.FileHandler(run_dir / "log.txt")] if main_process else []),
+                        handlers=[logging.StreamHandler()] + ([log_file] if log_file else []),
                         force=True)
     logging.getLogger("nil_jax").setLevel(logging.INFO)
+    console.handlers[:] = [log_file] if log_file else []
     use_compilation_cache()
     started = time.perf_counter()
     try:
-        setup = training.build(config)
+        setup = build(config)
+    except SystemExit as e:
+        if new_folder and main_process:  # the run never started: nothing of it is left
+            logging.getLogger().removeHandler(log_file)
+            console.removeHandler(log_file)
+            log_file.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        elif main_process:  # a resume that could not start: its log says why
+            console.error("[nil_jax] stopped: %s", e.code)
+        raise
+    try:
+        return train_and_evaluate(preset, config, run_dir, setup, main_process, started)
+    except SystemExit as e:  # a failure the run explains in one line: log.txt keeps it too
+        if e.code not in (None, 0) and main_process:
+            console.error("[nil_jax] stopped: %s", e.code)
+        raise
+    except BaseException:  # anything else: its traceback goes to log.txt as well
+        if main_process:
+            console.exception("[nil_jax] stopped by an error")
+        raise
+
+
+def say_mujoco_warnings() -> None:
+    """C MuJoCo's warnings, counted instead of printed (envs.backends.MUJOCO_WARNINGS)."""
+    counts = envs.backends.MUJOCO_WARNINGS
+    if counts:
+        kinds = "; ".join(f"{n} x '{kind}'" for kind, n in counts.most_common(3))
+        say(f"[nil_jax] C MuJoCo warned {sum(counts.values())} times, on states the random "
+            "actions of the warm-up and the evaluation's random policy drive far off (diverged "
+            f"steps are undone and counted, progress.csv's invalid_transitions): {kinds}")
+
+
+def build(config: RunConfig) -> training.Setup:
+    """`training.build`, its input errors turned into one line each."""
+    say(f"[nil_jax] building: the {config.embodiment} model, the reference, the reward (the "
+        "first run on a machine fetches the robot models and makes the synthetic reference)")
+    try:
+        return training.build(config)
     except (ReferenceDataError, FileNotFoundError) as e:
         raise SystemExit(f"Bad reference: {e}") from e
     except parallel.DeviceSplitError as e:
@@ -269,6 +337,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
         raise SystemExit(f"{e}\n(--encoder auto trains without the video stream when no weights "
                          "are found; --encoder pretrained, as in the paper preset, needs them.)"
                          ) from e
+
+
+def train_and_evaluate(preset: str, config: RunConfig, run_dir: pathlib.Path,
+                       setup: training.Setup, main_process: bool, started: float) -> dict:
+    """Trains (or resumes), evaluates and writes the run's files; `started` is the run's
+    perf_counter start, for metrics.json's wall_s."""
     record = {"preset": preset, "config": dataclasses.asdict(config),
               "resolved": {"backend": setup.env.backend, "jax_platform": jax.default_backend(),
                            "devices": len(jax.devices()), "processes": jax.process_count(),
@@ -280,12 +354,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
         record["resolved"]["notes"] = list(dict.fromkeys(earlier + list(setup.notes)))
     elif main_process:
         write_json(run_dir / "config.json", record)
-    print(f"[nil_jax] {config.embodiment}/{config.skill}, preset {preset}, "
-          f"{setup.env.backend} physics on {len(jax.devices())} {jax.default_backend()} "
-          f"device(s) -> {run_dir}")
-    for note in setup.notes:
-        print(f"[nil_jax] !! {note}")
+    say(f"[nil_jax] {config.embodiment}/{config.skill}, preset {preset}, "
+        f"{setup.env.backend} physics on {len(jax.devices())} {jax.default_backend()} "
+        f"device(s) -> {run_dir}")
 
+    # JAX's persistent cache never keeps a program with host callbacks: the cpu backend's.
+    recompiles = ("on every run: it calls C MuJoCo through a host callback, which JAX's compile "
+                  "cache does not keep" if setup.env.backend == "cpu" else "the first time")
+    say(f"[nil_jax] training: {config.env_steps:,} env steps (the bar waits while the training "
+        f"program compiles, a minute or two, {recompiles})")
     try:
         state, finished = training.train(setup, run_dir, config.env_steps, resume=config.resume,
                                          progress=config.progress)
@@ -296,9 +373,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
             write_json(run_dir / "config.json", record)
         reports.plot_progress(run_dir / "progress.csv", run_dir / "reward_curves.png")
     if not finished:
-        print(f"[nil_jax] stopped; checkpoint written. Continue with: python experiments/run.py "
-              f"--runs-dir {config.runs_dir} --run-name {run_dir.name} --resume")
+        say_mujoco_warnings()
+        say(f"[nil_jax] stopped; checkpoint written. Continue with: python experiments/run.py "
+            f"--runs-dir {config.runs_dir} --run-name {run_dir.name} --resume")
         return {}
+    say(f"[nil_jax] evaluating: the policy, zero and random actions, {config.eval_episodes} "
+        "episodes each (compiles first)")
     metrics, records = training.evaluate(setup, state.agent, jax.random.PRNGKey(config.seed + 1),
                                          config.eval_episodes)
     if not main_process:  # every host ran its share; process 0 writes the results
@@ -309,11 +389,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
                             **reports.training_summary(run_dir / "progress.csv")},
                "wall_s": time.perf_counter() - started}
     write_json(run_dir / "metrics.json", metrics)
-    reports.evaluation_video(setup, records["nil"], run_dir / "evaluation.mp4",
-                             config.video_size)
-    print(reports.metrics_table(metrics))
-    print(f"[nil_jax] wrote {run_dir}/: config.json, metrics.json, progress.csv, "
-          "reward_curves.png, evaluation.mp4, checkpoints/, tensorboard/")
+    say("[nil_jax] writing evaluation.mp4")
+    # Frozen at the first fall, as the metrics score it (only the feet collide: a fallen robot
+    # would sink through the floor).
+    reports.evaluation_video(setup, training.after_falls_held(records["nil"])[0],
+                             run_dir / "evaluation.mp4", config.video_size)
+    say(reports.metrics_table(metrics))
+    say_mujoco_warnings()
+    say(f"[nil_jax] wrote {run_dir}/: config.json, metrics.json, progress.csv, "
+        "reward_curves.png, evaluation.mp4, checkpoints/, tensorboard/, log.txt")
     return metrics
 
 

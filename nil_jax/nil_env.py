@@ -158,10 +158,15 @@ class NilEnv(Env):
                     low_iou_steps=jnp.zeros(batch, jnp.int32),
                     mask=jnp.broadcast_to(jnp.asarray(self.home_mask),
                                           (batch,) + self.home_mask.shape))
-        metrics = dict(state.metrics, **{name: jnp.zeros(batch, dtype)
-                                         for name in self.metric_names()})
+        metrics = dict(self._without_task_reward(state.metrics),
+                       **{name: jnp.zeros(batch, dtype) for name in self.metric_names()})
         return state.replace(obs=self._observe(state.obs, info["t"]), info=info,
                              metrics=metrics)
+
+    def _without_task_reward(self, metrics: dict) -> dict:
+        """The robot env's metrics without its task reward (`reward/walk`, `reward/sit`, ...),
+        which is `reward/env` here: one column, not two."""
+        return {k: v for k, v in metrics.items() if k != f"reward/{self.robot.task.name}"}
 
     def metric_names(self) -> tuple[str, ...]:
         names = ["reward/env", "reward/iou", "nonfinite_reward"]
@@ -215,7 +220,7 @@ class NilEnv(Env):
                  & (low_iou_steps >= self.early_termination.steps)).astype(dtype)
         if self.early_termination.enabled:
             terms["early_termination"] = early
-        metrics = dict(next_state.metrics)
+        metrics = self._without_task_reward(next_state.metrics)
         metrics.update({k: jnp.where(finite, v, 0.0).astype(dtype) for k, v in terms.items()
                         if k in metrics})
         metrics.update({"reward/env": next_state.reward,

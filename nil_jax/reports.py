@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nil_jax.io_utils import write_bytes  # noqa: E402
@@ -48,7 +49,7 @@ def read_progress(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def plot_progress(csv_path: pathlib.Path, png_path: pathlib.Path) -> None:
-    """One panel per group of PANELS against environment steps."""
+    """A grid of one labelled panel per group of PANELS, sharing the env-step axis."""
     if not csv_path.exists():
         return
     columns = read_progress(csv_path)
@@ -56,19 +57,37 @@ def plot_progress(csv_path: pathlib.Path, png_path: pathlib.Path) -> None:
         return
     panels = [(title, [c for c in names if c in columns]) for title, names in PANELS]
     panels = [(title, names) for title, names in panels if names]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (title, names) in zip(axes[0], panels):
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.9 * nrows), sharex=True,
+                             squeeze=False)
+    for ax, (title, names) in zip(axes.flat, panels):
         for name in names:
             ax.plot(columns["env_steps"], columns[name], label=name.split("/")[-1])
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("environment steps")
+        ax.set_ylabel(names[0].split("/")[-1] if len(names) == 1 else "per step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_thousands))
         if len(names) > 1:
             ax.legend(fontsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes.flat[len(panels) - ncols:len(panels)]:  # the lowest panel of each column
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.set_xlabel("environment steps", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     write_bytes(png_path, buffer.getvalue())
+
+
+def _thousands(value: float, _position=None) -> str:
+    """Tick labels that stay short: 150k, 1.5M."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    return f"{value / 1e3:g}k" if abs(value) >= 1e3 else f"{value:g}"
 
 
 def training_summary(csv_path: pathlib.Path) -> dict[str, float]:

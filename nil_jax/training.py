@@ -81,6 +81,7 @@ class TrainConfig:
     # A bundle (.npz), or a raw video of the embodiment (prepared into a bundle in
     # references_dir on first use), or None: the embodiment's synthetic walk.
     reference: Optional[str] = None
+    # where bundles prepared from videos and the synthetic references are kept
     references_dir: str = "references"
     # How a raw video is prepared (fps when the file lacks it, segmenter, SAM 2 checkpoint);
     # its skill and encoder come from the fields above.
@@ -450,8 +451,10 @@ def train(setup: Setup, run_dir: pathlib.Path, env_steps: int, *, resume: bool =
     main = parallel.is_main_process()  # one process writes the logs
     log = MetricsLog(run_dir, int(np.asarray(state.step)), resume) if main else None
     chunk = chunk_function(setup, config.chunk_iterations)
+    # Named by phase: the first chunk compiles the training program before it runs.
     bar = tqdm.tqdm(total=total_chunks * per_chunk, initial=done_chunks * per_chunk,
-                    unit="env step", disable=not (progress and main), dynamic_ncols=True)
+                    unit="env step", disable=not (progress and main), dynamic_ncols=True,
+                    desc="compiling")
     # progress.csv's wall_s counts every session's training, so a resumed run's total is true.
     started = time.perf_counter() - (float(log.rows[-1]["wall_s"]) if log and log.rows else 0.0)
     finished = True
@@ -465,7 +468,13 @@ def train(setup: Setup, run_dir: pathlib.Path, env_steps: int, *, resume: bool =
                     log.append({"iteration": iteration,
                                 "env_steps": iteration * learner.config.num_envs,
                                 "wall_s": time.perf_counter() - started, **metrics})
-                bar.update(per_chunk)
+                if index == done_chunks:  # compiled: the rate and ETA leave the compile out
+                    bar.set_description("training")
+                    bar.reset(total=bar.total)
+                    bar.initial = bar.n = (index + 1) * per_chunk
+                    bar.refresh()
+                else:
+                    bar.update(per_chunk)
                 bar.set_postfix(reward=f"{metrics['env_reward']:.3f}",
                                 iou=f"{metrics.get('env/reward/iou', float('nan')):.3f}")
                 if stop.requested:

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from nil_jax import envs
 from nil_jax.agents import bro, losses, networks
 
 TOL = 1e-6
@@ -89,6 +90,17 @@ def test_actor_loss_action_l2_penalizes_the_deterministic_action():
         log_prob, q, jnp.asarray(0.1), 0.0, jnp.tanh(mean)))(quantiles), atol=1e-7)
     with pytest.raises(ValueError, match="action_l2"):
         bro.BroConfig(action_l2=-1.0)
+
+
+def test_action_l2_ramps_in_by_transitions():
+    """The weight of iteration k (N envs): action_l2 * min(1, (k + 1) N / ramp steps)."""
+    env = envs.make("h1", backend="cpu")
+    ramped = bro.Bro(env, bro.BroConfig(num_envs=4, action_l2=15.0, action_l2_ramp_steps=100))
+    weights = [float(ramped.action_l2_weight(jnp.asarray(k, jnp.int32))) for k in (0, 12, 24, 99)]
+    np.testing.assert_allclose(weights, [0.6, 7.8, 15.0, 15.0], rtol=1e-6)
+    assert bro.Bro(env, bro.BroConfig(action_l2=15.0)).action_l2_weight(jnp.asarray(3)) is None
+    with pytest.raises(ValueError, match="action_l2_ramp_steps"):
+        bro.BroConfig(action_l2_ramp_steps=-1)
 
 
 def test_gaussian_kl_hand_computed():

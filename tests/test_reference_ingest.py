@@ -245,12 +245,52 @@ def test_empty_masks_short_gap_filled_long_gap_fails(h1, tmp_path, frames):
         ingest_lib.ingest(tmp_path / "gap6.mp4", h1, FAST)
 
 
-def test_embodiment_mismatch_at_ingest(h1, tmp_path):
+@pytest.fixture
+def segmented_lengths(monkeypatch):
+    """The number of frames of every call of the weight-free segmenter."""
+    lengths, segment = [], ingest_lib.segment.background_masks
+
+    def spy(frames, *args, **kwargs):
+        lengths.append(len(frames))
+        return segment(frames, *args, **kwargs)
+    monkeypatch.setattr(ingest_lib.segment, "background_masks", spy)
+    return lengths
+
+
+def test_embodiment_mismatch_at_ingest(h1, tmp_path, segmented_lengths):
+    """Another robot is refused as such, on the first frames, before the rest is segmented."""
     a1 = envs.load("a1")
     qpos = synthetic.walking_qpos(a1, np.arange(12) / FPS)
     write_video(tmp_path / "a1.mp4", sim_frames.render_agent(a1, qpos, 96, 96)[0], FPS)
-    with pytest.raises(EmbodimentMismatchError, match="another embodiment"):
+    with pytest.raises(EmbodimentMismatchError, match="do not match.*another embodiment.*"
+                       "--ingest.min-initial-iou for experiments/run.py"):
         ingest_lib.ingest(tmp_path / "a1.mp4", h1, FAST)
+    assert segmented_lengths == [FAST.initial_frames, 1]  # the first frames, frame 0's diagnosis
+
+
+def test_a_reframed_video_is_told_apart(h1, tmp_path, frames, segmented_lengths):
+    """The right robot, shifted by the generator's camera: the same silhouette once aligned."""
+    shifted = np.full_like(frames, 255)
+    shifted[:, :, 30:] = frames[:, :, :-30]  # 30 of 112 px to the right
+    write_video(tmp_path / "shifted.mp4", shifted, FPS)
+    with pytest.raises(EmbodimentMismatchError, match=r"moved and scaled onto it they match "
+                       r"\(IoU 0\.[6-9].*re-framed"):
+        ingest_lib.ingest(tmp_path / "shifted.mp4", h1, FAST)
+    assert segmented_lengths == [FAST.initial_frames, 1]
+
+
+def test_large_videos_are_segmented_at_the_working_size(h1, tmp_path, segmented_lengths):
+    """A 448 px video is segmented at 224 px (a quarter of the pixels), and its masks are
+    those of the simulator's segmentation."""
+    qpos = synthetic.walking_qpos(h1, np.arange(10) / FPS)
+    video, truth = sim_frames.render_agent(h1, qpos, 448, 448)
+    write_video(tmp_path / "large.mp4", video, FPS)
+    bundle = ingest_lib.ingest(tmp_path / "large.mp4", h1, FAST)
+    assert bundle.metadata["segmenter"]["side"] == 224
+    assert segmented_lengths == [FAST.initial_frames, 10]
+    truth = ingest_lib.video_io.resize_masks(truth, 224)
+    ious = [np.sum(a & b) / np.sum(a | b) for a, b in zip(bundle.masks[::4], truth)]
+    assert np.mean(ious) > 0.85, ious
 
 
 def test_background_that_is_not_plain(h1, tmp_path, frames):

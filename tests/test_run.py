@@ -15,7 +15,9 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
 import sys
+import time
 
 import imageio.v2 as imageio
 import numpy as np
@@ -127,6 +129,9 @@ def test_run_stops_resumes_and_writes_every_output(run, h1_reference, tmp_path, 
                         "--env-steps", "70", "--no-progress"])
     log = (folder / "log.txt").read_text()
     assert "step_30 cannot be restored" in log and "resumed from" in log
+    # log.txt holds the whole run: its phases, the evaluation table, the files written.
+    assert all(line in log for line in ("building:", "training:", "evaluating:", "| mean_iou",
+                                        "wrote "))
     assert (folder / "checkpoints" / "step_30.damaged").is_dir()
     assert [p.name for p in training.checkpoints(folder)] == ["step_25", "step_30", "step_35"]
     with open(folder / "progress.csv", newline="") as f:
@@ -140,9 +145,42 @@ def test_run_stops_resumes_and_writes_every_output(run, h1_reference, tmp_path, 
     with pytest.raises(SystemExit, match="none of the checkpoints"):
         run.main(["--runs-dir", str(tmp_path), "--run-name", "smoke", "--resume",
                   "--env-steps", "80", "--no-progress"])
+    assert "stopped: --resume: none of the checkpoints" in (folder / "log.txt").read_text()
     assert json.loads((folder / "config.json").read_text())["config"]["env_steps"] == 70
 
 
+
+
+def progress_rows(folder):
+    """progress.csv without its clock."""
+    with open(folder / "progress.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(run, h1_reference, tmp_path):
+    """kill -9 of a training child process once it has checkpointed, then --resume: the same
+    logs and metrics as the same run uninterrupted."""
+    args = tiny_args(h1_reference, tmp_path, "--env-steps", "200", "--checkpoint-every", "2")
+    folder = tmp_path / "smoke"
+    child = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "run.py"), *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not training.checkpoints(folder):
+        assert child.poll() is None, child.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    assert not (folder / "metrics.json").exists()  # killed during training
+    killed_at = int(training.checkpoints(folder)[-1].name.split("_")[1])
+    assert killed_at < 100  # of 100 iterations
+
+    resumed = run.main(["--runs-dir", str(tmp_path), "--run-name", "smoke", "--resume",
+                        "--no-progress"])
+    whole = run.main([*args, "--run-name", "whole"])  # the last --run-name counts
+    assert progress_rows(folder) == progress_rows(tmp_path / "whole")
+    for policy in training.POLICIES:
+        assert resumed[policy] == whole[policy], policy
 
 
 def test_stop_request_turns_ctrl_c_into_a_request():
@@ -180,6 +218,7 @@ def test_bad_references_fail_clearly(run, h1_reference, tmp_path):
         run.main([*tiny_args(h1_reference, tmp_path), "--camera", "oblique"])
     with pytest.raises(SystemExit, match="choose one of"):
         run.main(["--embodiment", "atlas", "--runs-dir", str(tmp_path)])
+    assert not (tmp_path / "smoke").exists()  # a run that never started leaves no folder
 
 
 def test_the_camera_view_reaches_reference_and_simulation(h1_reference, tmp_path):
@@ -243,6 +282,16 @@ def test_bad_values_are_refused_before_anything_runs(run, tmp_path, capsys):
         # tyro boxes and wraps the message to the terminal's width.
         assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())
     assert not list(tmp_path.iterdir())
+
+
+def test_help_opens_with_the_presets_and_the_common_flags(run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    opening = out[:out.index("--embodiment STR")]  # before tyro's list of every field
+    assert all(f"--preset {name}" in opening for name in run.PRESETS)
+    assert "--reward-source nil|task|pose" in opening and "--resume" in opening
 
 
 def test_config_file_and_flags_resolve_in_order(run, tmp_path):

@@ -2,9 +2,12 @@
 
     video file --read_video--> frames at fps_in (24-30 fps), sha256
       --central square (the simulation camera's framing, see video_io)-->
+      --downscaled to at most segment_resolution (224) for the segmenter-->
+      --the first frames segmented and checked against the e0 mask (embodiment, camera or
+        framing mismatch: refused before the rest of the video is segmented)-->
       --segment, prompted with the simulator's e0 mask (SAM 2, or the background model)-->
-      --resize frames and masks to 224 x 224--> --fill short runs of empty masks-->
-      --check the first frames against the e0 mask (embodiment / framing mismatch)-->
+      --resize frames and masks to the resolution (224 x 224)--> --fill short runs of empty
+        masks-->
       --resample to the control rate (1 / control_dt = 100 Hz; flow or linear)-->
       --masked RGB on black--> --TimeSformer clip embeddings (when weights exist)-->
     ReferenceBundle (+ metadata: what was done, with which settings)
@@ -24,10 +27,11 @@ from typing import Optional
 import numpy as np
 
 import nil_jax
-from nil_jax.envs.embodiments import Embodiment
+from nil_jax.envs.embodiments import CAMERA_VIEWS, Embodiment
 from nil_jax.references import embed, resample, segment, sim_frames, video_io
 from nil_jax.references.bundle import (CLIP_FRAMES, FORMAT, FORMAT_VERSION, ReferenceBundle)
-from nil_jax.references.errors import EmbodimentMismatchError, TooFewFramesError
+from nil_jax.references.errors import (BackgroundError, EmbodimentMismatchError,
+                                       TooFewFramesError)
 from nil_jax.reward.renderer import mask_iou
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,12 @@ class IngestConfig:
     min_mask_fraction: float = 1e-3  # a mask smaller than this fraction of the frame is empty
     min_initial_iou: float = 0.5  # median IoU of the first frames' masks with e0's mask
     initial_frames: int = 3  # how many first frames that check looks at
+    # Larger frames are downscaled to this side before segmentation (whose cost grows with the
+    # pixels: a 480 px video segments about 4.6 times faster); never below `resolution`.
+    segment_resolution: int = 224
+    # A silhouette that matches e0's once moved and scaled onto it (IoU of the two bounding
+    # boxes' contents at least this) is the right robot re-framed, not another robot or view.
+    reframed_iou: float = 0.6
 
 
 def _encoder_metadata(info: dict) -> dict:
@@ -63,23 +73,65 @@ def _encoder_metadata(info: dict) -> dict:
             "clip": "frames t-7..t, frame 0 repeated before the start"}
 
 
-def _check_initial_frames(masks: np.ndarray, e0_mask: np.ndarray, config: IngestConfig,
-                          embodiment: Embodiment) -> float:
-    """Median IoU of the first frames' masks with e0; raises when below `min_initial_iou`.
+def aligned_iou(mask: np.ndarray, reference: np.ndarray) -> float:
+    """IoU of `mask` with `reference` once its bounding box is moved and scaled onto the
+    reference's: how alike the two silhouettes are, wherever the camera put them."""
+    def box(m):
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        return m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    if not mask.any() or not reference.any():
+        return 0.0
+    target = box(reference)
+    content = video_io.resize_to(box(mask), target.shape)
+    return float(mask_iou(content, target))
 
-    The generator starts from e0, so its first frames must show the same silhouette: a low IoU
-    means another robot (embodiment mismatch), or a generator that re-framed the scene. The
-    first few frames, not only frame 0, because SAM 2 returns the prompt itself on frame 0."""
-    ious = [float(mask_iou(m, e0_mask)) for m in masks[:config.initial_frames]]
-    iou = float(np.median(ious))
-    if iou < config.min_initial_iou:
+
+# Where the check's threshold is set, by the command that ingests.
+MIN_INITIAL_IOU_FLAGS = ("--ingest.min-initial-iou for experiments/run.py, --min-initial-iou "
+                         "for experiments/prepare_reference.py ingest")
+
+
+def _check_initial_frames(masks: np.ndarray, e0_mask: np.ndarray, config: IngestConfig,
+                          embodiment: Embodiment, first_frame: np.ndarray) -> float:
+    """Median IoU of the first frames' masks with e0; raises when below `min_initial_iou`,
+    saying which of the two mismatches it is.
+
+    The generator starts from e0, so its first frames must show the same silhouette where the
+    simulator draws it. A low IoU is either the right robot re-framed (the generator moved the
+    camera or zoomed: the silhouettes match once aligned, `aligned_iou`) or another silhouette
+    (another robot, or this robot from another view). The first few frames, not only frame 0,
+    because SAM 2 returns the prompt itself on frame 0. Which one it is is judged on
+    `first_frame`'s whole foreground (the segmenters, prompted with e0's mask, may find nothing
+    of a robot the camera moved), when its background is plain."""
+    first = masks[:config.initial_frames]
+    iou = float(np.median([float(mask_iou(m, e0_mask)) for m in first]))
+    if iou >= config.min_initial_iou:
+        return iou
+    try:  # no prompt: every foreground component of the frame
+        found = segment.background_masks(first_frame[None], np.zeros_like(e0_mask),
+                                         config.background)[0]
+    except BackgroundError:
+        found = first[0]
+    aligned = aligned_iou(found, e0_mask)
+    seen = (f"The first {len(first)} frames' agent masks overlap the simulator's initial frame "
+            f"of {embodiment.name!r} ({embodiment.spec.display_name}, {embodiment.camera} "
+            f"camera) with IoU {iou:.2f} < {config.min_initial_iou} (min_initial_iou)")
+    if aligned >= config.reframed_iou:
         raise EmbodimentMismatchError(
-            f"The first {len(ious)} frames' agent masks overlap the simulator's initial frame "
-            f"of {embodiment.name!r} ({embodiment.spec.display_name}) with IoU {iou:.2f} < "
-            f"{config.min_initial_iou} (--min-initial-iou): the video shows another embodiment, "
-            "or the generator moved the camera or zoomed. Ingest it for the embodiment it shows, "
-            "or generate it from this embodiment's e0 (prepare_reference.py stage1).")
-    return iou
+            f"{seen}, but moved and scaled onto it they match (IoU {aligned:.2f}): the video "
+            "shows this robot re-framed; the generator moved the camera or zoomed, and the "
+            "reward would compare masks that do not line up. Generate it again from this "
+            "embodiment's e0 frame (prepare_reference.py stage1) with a prompt that keeps the "
+            "camera still. If the offset is small and you accept it, lower the threshold ("
+            f"{MIN_INITIAL_IOU_FLAGS}).")
+    views = [view for view in CAMERA_VIEWS if view != embodiment.camera]
+    raise EmbodimentMismatchError(
+        f"{seen}, and even moved and scaled onto it they do not match (IoU {aligned:.2f}): the "
+        f"video shows another embodiment, or {embodiment.name!r} from another view (this run's "
+        f"is {embodiment.camera!r}; the others: {', '.join(views)}, --camera). Ingest it for the "
+        "robot and view it shows (--embodiment, --camera), or generate it from this "
+        "embodiment's e0 frame (prepare_reference.py stage1). Lowering the threshold ("
+        f"{MIN_INITIAL_IOU_FLAGS}) would train on a reference that is not this robot's.")
 
 
 def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
@@ -108,9 +160,12 @@ def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
     size = config.resolution
     timings["read_s"] = time.perf_counter() - started
 
-    # The prompt: e0's mask at the reference resolution, scaled to the square's.
+    # The segmenter works on frames no larger than segment_resolution (nor smaller than the
+    # reference), prompted with e0's mask at that size.
+    work = min(side, max(config.segment_resolution, size))
     _, e0_small = sim_frames.initial_frame(embodiment, size, size)
-    e0_mask = video_io.resize_masks(e0_small[None], side)[0]
+    e0_mask = video_io.resize_masks(e0_small[None], work)[0]
+    segmented = video_io.resize_frames(square, work)
 
     tick = time.perf_counter()
     segmenter = "given" if masks is not None else segment.choose(config.segmenter,
@@ -122,18 +177,32 @@ def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
         masks = video_io.crop_square(np.asarray(masks, bool))
         segmenter_info = {"name": "given", "note": "agent masks supplied with the video "
                           "(the simulator's segmentation of a synthetic reference)"}
+        run_segmenter = None
     elif segmenter == "sam2":
-        masks = segment.sam2_masks(square, e0_mask, config.sam2_checkpoint, config.sam2_config,
-                                   config.sam2_device, config.sam2_overrides)
+        def run_segmenter(frames):
+            return segment.sam2_masks(frames, e0_mask, config.sam2_checkpoint,
+                                      config.sam2_config, config.sam2_device,
+                                      config.sam2_overrides)
         segmenter_info = {"name": "sam2", "checkpoint": config.sam2_checkpoint,
                           "config": config.sam2_config, "overrides": list(config.sam2_overrides),
                           "prompt": "simulator e0 mask on frame 0"}
         if config.sam2_checkpoint is None:
             segmenter_info["note"] = "RANDOM SAM 2 weights: masks are meaningless (tests only)"
     else:
-        masks = segment.background_masks(square, e0_mask, config.background)
+        def run_segmenter(frames):
+            return segment.background_masks(frames, e0_mask, config.background)
         segmenter_info = {"name": "background", **dataclasses.asdict(config.background),
                           "prompt": "simulator e0 mask tracks the agent from frame 0"}
+    if run_segmenter is not None:
+        segmenter_info["side"] = work
+        if config.min_initial_iou > 0:
+            # Both segmenters only look back (SAM 2 propagates forward from the prompt; the
+            # background model tracks the last mask), so the first frames' masks are those of
+            # the whole video: a wrong video is refused before the slow part.
+            first = run_segmenter(segmented[:config.initial_frames])
+            _check_initial_frames(video_io.resize_masks(first, size), e0_small, config,
+                                  embodiment, video_io.resize_frames(segmented[:1], size)[0])
+        masks = run_segmenter(segmented)
     timings["segment_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -143,7 +212,7 @@ def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
     min_pixels = max(1, round(config.min_mask_fraction * size * size))
     masks, gaps = segment.fill_gaps(frames, masks, video.fps, config.max_mask_gap, min_pixels,
                                     interpolate)
-    initial_iou = _check_initial_frames(masks, e0_small, config, embodiment)
+    initial_iou = _check_initial_frames(masks, e0_small, config, embodiment, frames[0])
     frames, masks = resample.resample(frames, masks, video.fps, fps_out, interpolate)
     frames = frames * masks[..., None]  # masked RGB on black, what the video reward sees
     timings["resample_s"] = time.perf_counter() - tick

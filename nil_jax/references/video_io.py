@@ -154,6 +154,13 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     return np.stack(out) >= 0.5
 
 
+def resize_to(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool -> `shape` (rows, columns) bool: area-weighted coverage >= 0.5."""
+    resized = Image.fromarray(mask.astype(np.float32)).resize((shape[1], shape[0]),
+                                                               Image.BILINEAR)
+    return np.asarray(resized) >= 0.5
+
+
 def check_portrait(height: int, width: int, path: str) -> None:
     if height > width:
         logger.warning(
