@@ -123,7 +123,7 @@ GPU_AGENT = bro.preset("bro_fast", num_envs=1024, updates_per_step=4, batch_size
 PRESETS = {
     "default": dataclasses.replace(CPU_RUN, env_steps=150_000),
     # Shorter than BRO-fast's first reset needs to recover: training.build drops it (said).
-    "quick": dataclasses.replace(CPU_RUN, env_steps=16_000),
+    "quick": dataclasses.replace(CPU_RUN, env_steps=16_000, checkpoint_every=5),  # 10 chunks
     "gpu": dataclasses.replace(CPU_RUN, backend="mjx", agent=GPU_AGENT, env_steps=10_000_000,
                                chunk_iterations=50, checkpoint_every=20),
     "paper": RunConfig(actuation="torque", observe_phase=False, encoder="pretrained",
@@ -192,7 +192,14 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
         path = pathlib.Path(known.config_file)
         if not path.is_file():
             raise SystemExit(f"--config-file {path} does not exist.")
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SystemExit(f"--config-file {path} is not valid JSON ({e}); an earlier run's "
+                             "config.json, or an object of RunConfig fields, is expected.") from e
+        if not isinstance(stored, dict):
+            raise SystemExit(f"--config-file {path} holds a JSON {type(stored).__name__}, not an "
+                             "object of RunConfig fields.")
         stored = stored.get("config", stored)  # an earlier run's config.json works as is
         try:  # tyro checks the flag's value against the Literal, not a file's
             default = from_dict(RunConfig, deep_merge(dataclasses.asdict(default),
@@ -204,6 +211,10 @@ def parse_config(argv: list[str]) -> tuple[str, RunConfig]:
     if config.embodiment not in envs.EMBODIMENTS:
         raise SystemExit(f"Unknown --embodiment {config.embodiment!r}; "
                          f"choose one of {sorted(envs.EMBODIMENTS)}.")
+    if config.skill in envs.SKILLS and config.embodiment not in envs.scenes.LIMBS:
+        raise SystemExit(f"--skill {config.skill} needs a humanoid's hips, knees and arms: "
+                         f"--embodiment {' or '.join(sorted(envs.scenes.LIMBS))}, not "
+                         f"{config.embodiment}.")
     return known.preset, config
 
 

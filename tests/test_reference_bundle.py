@@ -112,7 +112,7 @@ def test_invalid_bundles_are_refused(tmp_path, overrides, problem):
 
 def test_unreadable_bundle_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
-    with pytest.raises(BundleFormatError, match="not a readable"):
+    with pytest.raises(BundleFormatError, match="not an .npz reference bundle"):
         bundle_lib.load(tmp_path / "junk.npz")
     good = make_bundle()
     np.savez(tmp_path / "nometa.npz", frames=good.frames, masks=good.masks)

@@ -204,6 +204,9 @@ def test_a_finished_run_is_not_overwritten(run, tmp_path):
 def test_bad_references_fail_clearly(run, h1_reference, tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         run.main(tiny_args(tmp_path / "missing.npz", tmp_path))
+    (tmp_path / "notes.npz").write_text("not a bundle")
+    with pytest.raises(SystemExit, match="notes.npz is not an .npz reference bundle"):
+        run.main(tiny_args(tmp_path / "notes.npz", tmp_path))
     with pytest.raises(SystemExit, match="(?i)embodiment"):
         run.main([*tiny_args(h1_reference, tmp_path), "--embodiment", "a1"])
     short = bundle_lib.load(h1_reference)
@@ -308,6 +311,10 @@ def test_config_file_and_flags_resolve_in_order(run, tmp_path):
     path.write_text(json.dumps({"embodyment": "h1"}))
     with pytest.raises(SystemExit, match="Unknown RunConfig fields"):
         run.parse_config(["--config-file", str(path)])
+    for text, message in (("{'env_steps': 5", "is not valid JSON"), ("[1, 2]", "a JSON list")):
+        path.write_text(text)
+        with pytest.raises(SystemExit, match=message):
+            run.parse_config(["--config-file", str(path)])
 
 
 def test_after_a_fall_the_fallen_state_is_scored():
@@ -357,3 +364,6 @@ def test_bad_skill_flags_fail_clearly(run, h1_reference, tmp_path):
         run.main(["--skill", "juggling", "--runs-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="shows skill 'walking'; this run's scene is 'sit'"):
         run.main([*tiny_args(h1_reference, tmp_path), "--skill", "sit"])
+    with pytest.raises(SystemExit, match="--skill sit needs a humanoid.*--embodiment g1 or h1"):
+        run.main(["--skill", "sit", "--embodiment", "a1", "--runs-dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # no run folder was left by any of them

@@ -195,6 +195,11 @@ def load(path: str | os.PathLike, *, embodiment: Optional[str] = None,
     `encoder_id`: the TimeSformer checkpoint training will use; the bundle's embeddings must
     come from the same one (a bundle without embeddings fails too)."""
     path = pathlib.Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # numpy would speak of pickles
+        raise BundleFormatError(
+            f"{path} is not an .npz reference bundle (a zip archive of arrays): make one with "
+            "experiments/prepare_reference.py, or pass a video of the robot by its own suffix "
+            "(.mp4, .gif, ...).")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
