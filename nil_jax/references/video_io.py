@@ -149,9 +149,7 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     """(N, S, S) bool -> (N, size, size) bool: area-weighted coverage >= 0.5."""
     if masks.shape[1:3] == (size, size):
         return masks.astype(bool)
-    out = [np.asarray(Image.fromarray(m.astype(np.float32)).resize((size, size), Image.BILINEAR))
-           for m in masks]
-    return np.stack(out) >= 0.5
+    return np.stack([resize_to(m, (size, size)) for m in masks])
 
 
 def resize_to(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
