@@ -282,11 +282,13 @@ class Bro:
     of `LearnerState`. Its attributes are set once here and never change."""
 
     def __init__(self, env: Env, config: BroConfig = BroConfig(), *, batched: bool = False,
-                 batch_sharding: Optional[jax.sharding.Sharding] = None):
+                 batch_sharding: Optional[jax.sharding.Sharding] = None,
+                 action_l2_mask: Optional[np.ndarray] = None):
         """`batched`: `env` already steps a batch of environments (its `reset` takes
         `num_envs` keys), as `nil_jax.nil_env.NilEnv` does; otherwise it is vmapped here.
         `batch_sharding`: where each update's sampled batch lives; split over devices, each
-        computes the gradients of its share (`nil_jax.parallel`)."""
+        computes the gradients of its share (`nil_jax.parallel`). `action_l2_mask` (|A|,):
+        the actions `config.action_l2` penalizes, as 0/1 weights (None: all of them)."""
         c = self.config = config
         self.batch_sharding = batch_sharding
         self.env = env  # the environment as given
@@ -300,7 +302,12 @@ class Bro:
                                         c.actor_mean_init_scale)
         self.optimistic_net = networks.OptimisticActor(self.action_size, c.actor_width,
                                                        c.actor_depth, c.std_multiplier)
-        self.losses = losses.make_losses(self.critic_net, self.actor_net, self.optimistic_net, c)
+        if action_l2_mask is not None and np.shape(action_l2_mask) != (self.action_size,):
+            raise ValueError(f"action_l2_mask has shape {np.shape(action_l2_mask)}; the env has "
+                             f"{self.action_size} actions.")
+        self.action_l2_mask = action_l2_mask
+        self.losses = losses.make_losses(self.critic_net, self.actor_net, self.optimistic_net, c,
+                                         action_l2_mask)
         adamw = optax.adamw(c.learning_rate, weight_decay=c.weight_decay)
         dual = optax.adam(c.dual_learning_rate, b1=c.dual_b1)
         self.optimizers = Optimizers(

@@ -6,9 +6,10 @@ One BRO update (`bro.Bro.update`) applies them in this order, each with its own 
     critic_target       r + gamma * mask * (mean of the 2 target critics' quantiles
                         - alpha * log pi(a'|s')), a' ~ conservative actor(s')
     critic              quantile Huber loss of both critics against that target
-    actor               alpha * log pi(a|s) - mean Q(s, a) + action_l2 * mean tanh(mu(s))^2,
-                        a ~ conservative actor (new critic), mu its mean; with
-                        action_l2_by_q the weight is action_l2 * mean |Q| (a constant)
+    actor               alpha * log pi(a|s) - mean Q(s, a) + action_l2 * mean_i m_i tanh(mu_i(s))^2,
+                        a ~ conservative actor (new critic), mu its mean, m the per-action
+                        mask (default all ones); with action_l2_by_q the weight is
+                        action_l2 * mean |Q| (a constant)
     optimistic_actor    -(mean Q + beta_opt * |Q1 - Q2| / 2) + beta_kl * KL(optimistic || cons.)
     temperature         alpha * (entropy - target entropy)                        (dual: alpha)
     optimism            (beta_opt - pessimism) * (KL / |A| - KL target)        (dual: beta_opt)
@@ -21,7 +22,7 @@ averages over the batch and the target samples, as the official code does.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -89,15 +90,20 @@ def critic_loss(quantiles: jax.Array, target: jax.Array, taus: jax.Array,
 
 def actor_loss(log_prob: jax.Array, quantiles: jax.Array, temperature: jax.Array,
                pessimism: float, deterministic_action: jax.Array,
-               action_l2: float = 0.0, action_l2_by_q: bool = False) -> jax.Array:
+               action_l2: float = 0.0, action_l2_by_q: bool = False,
+               action_l2_mask: Optional[jax.Array] = None) -> jax.Array:
     """deterministic_action (B, |A|) = tanh(mean): the action evaluation takes, penalized by
-    action_l2 * its mean square (0 in the official code). With action_l2_by_q the weight is
+    action_l2 * the mean over actions of its square (0 in the official code), each action's
+    square times its entry of action_l2_mask (|A|,) (None: every action). With action_l2_by_q the weight is
     action_l2 * the batch's mean |Q|, held constant (TD3+BC's normalizer): the penalty keeps its
     share of the loss whatever the reward's scale, and is small while the critic still expects
     early falls."""
     q = ensemble_value(quantiles, -pessimism).mean(-1)
     weight = action_l2 * (jax.lax.stop_gradient(jnp.abs(q).mean()) if action_l2_by_q else 1.0)
-    penalty = weight * jnp.square(deterministic_action).mean(-1)
+    square = jnp.square(deterministic_action)
+    if action_l2_mask is not None:
+        square = square * action_l2_mask
+    penalty = weight * square.mean(-1)
     return (temperature * log_prob - q + penalty).mean()
 
 
@@ -135,8 +141,11 @@ class Losses(NamedTuple):
 
 
 def make_losses(critic_net: networks.DoubleCritic, actor_net: networks.Actor,
-                optimistic_net: networks.OptimisticActor, config) -> Losses:
-    """Binds the losses to the networks and to `config` (a `bro.BroConfig`)."""
+                optimistic_net: networks.OptimisticActor, config,
+                action_l2_mask: Optional[np.ndarray] = None) -> Losses:
+    """Binds the losses to the networks, to `config` (a `bro.BroConfig`) and to the actions
+    the action L2 penalty applies to (`action_l2_mask` (|A|,), None: all)."""
+    mask = None if action_l2_mask is None else jnp.asarray(action_l2_mask, jnp.float32)
     taus = jnp.asarray(quantile_midpoints(config.num_quantiles))
     action_size = actor_net.action_size
     target_entropy = (-action_size / 2.0 if config.target_entropy is None
@@ -155,7 +164,7 @@ def make_losses(critic_net: networks.DoubleCritic, actor_net: networks.Actor,
         deterministic = networks.tanh_gaussian_mode(mean)
         loss = actor_loss(log_prob, quantiles, temperature, config.pessimism, deterministic,
                           config.action_l2 if action_l2 is None else action_l2,
-                          config.action_l2_by_q)
+                          config.action_l2_by_q, mask)
         return loss, {"actor_loss": loss, "entropy": -log_prob.mean(), "actor_std": std.mean(),
                       "action_square": jnp.square(deterministic).mean()}
 

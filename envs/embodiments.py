@@ -331,6 +331,33 @@ def check_camera(camera: str) -> str:
     return camera
 
 
+# A hinge is seen by the tracking camera when its axis lies within 45 degrees of the line of
+# sight: it then turns its limb in the image plane (hip flexion, knee, elbow from the side).
+# Further off, the limb moves largely along the line of sight or turns about its own length
+# (hip rotation and adduction, shoulder roll and yaw, torso yaw from the side), which barely
+# changes the silhouette.
+SEEN_AXIS_ALIGNMENT = math.cos(math.radians(45.0))
+
+
+def unseen_actuators(embodiment: Embodiment) -> np.ndarray:
+    """(nu,) bool: the actuators whose joint the tracking camera barely sees at the home pose:
+    |joint axis . line of sight| < SEEN_AXIS_ALIGNMENT, both in the world frame. A video
+    constrains these joints little, so a reward from it leaves them free (the policy prior
+    `TrainConfig.action_l2_joints="unseen"` holds them at home instead)."""
+    model = embodiment.mj_model
+    data = mujoco.MjData(model)
+    data.qpos[:] = embodiment.init_qpos
+    mujoco.mj_kinematics(model, data)
+    mujoco.mj_camlight(model, data)
+    line_of_sight = -data.cam_xmat[embodiment.camera_id].reshape(3, 3)[:, 2]  # camera's -z
+    if np.any(model.actuator_trntype != int(mujoco.mjtTrn.mjTRN_JOINT)):
+        raise ValueError(f"{embodiment.name}: every actuator must drive a joint to tell which "
+                         "ones the camera sees.")
+    joints = model.actuator_trnid[:, 0]
+    alignment = np.abs(data.xaxis[joints] @ line_of_sight)
+    return alignment < SEEN_AXIS_ALIGNMENT
+
+
 def _add_tracking_camera(mj_spec: mujoco.MjSpec, model: mujoco.MjModel, root: int,
                          home_qpos: np.ndarray, camera: str) -> None:
     """A camera of view `camera` (CAMERA_VIEWS) that keeps the whole robot in view, +z up.

@@ -305,7 +305,7 @@ def angle_table(record: dict) -> list[str]:
     return lines
 
 
-def agent_summary(agent: dict) -> str:
+def agent_summary(agent: dict, action_l2_joints: str = "all") -> str:
     resets = ", ".join(f"{r:,}" for r in agent["reset_steps"]) or "none"
     return (f"BRO {agent['num_envs']} envs, {agent['updates_per_step']} updates per iteration at "
             f"batch {agent['batch_size']}, critic {agent['critic_width']} x "
@@ -316,6 +316,8 @@ def agent_summary(agent: dict) -> str:
                + (" x the batch's mean |Q|" if agent.get("action_l2_by_q") else "")
                + (f", ramped in over {agent['action_l2_ramp_steps']:,} env steps"
                   if agent.get("action_l2_ramp_steps") else "")
+               + (" on the joints the camera barely sees" if action_l2_joints == "unseen"
+                  else "")
                + " in the actor's loss" if agent.get("action_l2") else ""))
 
 
@@ -326,7 +328,9 @@ def markdown(record: dict) -> str:
              "",
              f"`{record['command']}`: run.py preset `{settings['preset']}` "
              f"({settings['embodiment']}, {settings['skill']}, {settings['actuation']} "
-             f"actuation, {agent_summary(settings['agent'])}), {settings['seeds']} seeds per "
+             f"actuation, "
+             f"{agent_summary(settings['agent'], settings.get('action_l2_joints', 'all'))}), "
+             f"{settings['seeds']} seeds per "
              "case trained "
              f"together (vmap), evaluated every {settings['eval_every']:,} env steps "
              f"({settings['eval_episodes']} deterministic episodes per seed of "
@@ -411,6 +415,7 @@ def run_learning(args, machine) -> tuple[dict, str]:
     record = dict(machine=machine, command=command, notes=[], cases={}, settings=dict(
         preset=args.learning_preset, embodiment=base.embodiment, skill=base.skill,
         actuation=base.actuation, backend=base.backend, agent=dataclasses.asdict(base.agent),
+        action_l2_joints=base.action_l2_joints,
         seeds=len(seeds), env_steps=env_steps, eval_every=args.learning_eval_every,
         eval_episodes=args.learning_eval_episodes, changed=list(args.learning_set)))
     trained = {}  # what each case resolved to -> the case that trained it

@@ -99,6 +99,11 @@ class TrainConfig:
     # mask IoU stays below `iou` for `steps` steps in a row; iou 0 (default) switches it off.
     early_termination: EarlyTermination = EarlyTermination()
     agent: bro.BroConfig = bro.preset("bro_fast", num_envs=4)
+    # The actions agent.action_l2 holds at zero (the home pose with PD actuation): "all", or
+    # "unseen", those of the joints the tracking camera barely sees
+    # (envs.embodiments.unseen_actuators), which the video leaves free while the seen ones
+    # balance and imitate.
+    action_l2_joints: Literal["all", "unseen"] = "all"
     env_steps: int = 100_000  # transitions to train on (rounded up to whole chunks)
     chunk_iterations: int = 50
     checkpoint_every: int = 10  # chunks
@@ -106,6 +111,9 @@ class TrainConfig:
 
     def __post_init__(self):
         envs.embodiments.check_camera(self.camera)
+        if self.action_l2_joints not in ("all", "unseen"):
+            raise ValueError(f"action_l2_joints must be all or unseen, got "
+                             f"{self.action_l2_joints!r}")
         if self.encoder not in embed_lib.ENCODERS:
             raise ValueError(f"encoder must be one of {embed_lib.ENCODERS}, got "
                              f"{self.encoder!r}")
@@ -271,7 +279,10 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
                  early_termination=config.early_termination)
     agent = dataclasses.replace(config.agent, episode_length=bundle.num_frames - 1,
                                 reset_steps=resets)
-    learner = bro.Bro(env, agent, batched=True, batch_sharding=parallel.batch_sharding(mesh))
+    unseen = (envs.embodiments.unseen_actuators(embodiment)
+              if config.action_l2_joints == "unseen" else None)
+    learner = bro.Bro(env, agent, batched=True, batch_sharding=parallel.batch_sharding(mesh),
+                      action_l2_mask=unseen)
     return Setup(config, embodiment, bundle, env, learner, reward, str(reference_path),
                  tuple(notes), mesh, parallel.state_shardings(learner, mesh))
 

@@ -92,6 +92,26 @@ def test_actor_loss_action_l2_penalizes_the_deterministic_action():
         bro.BroConfig(action_l2=-1.0)
 
 
+def test_action_l2_mask_penalizes_only_the_masked_actions():
+    log_prob = jnp.asarray([-1.0, -2.0])
+    quantiles = jnp.asarray([[[1.0, 3.0], [0.0, 2.0]]] * 2)
+    mean = jnp.asarray([[0.5, -1.0], [0.3, 2.0]])
+    mask = jnp.asarray([0.0, 1.0])
+    off = losses.actor_loss(log_prob, quantiles, jnp.asarray(0.1), 0.0, jnp.tanh(mean))
+    on = losses.actor_loss(log_prob, quantiles, jnp.asarray(0.1), 0.0, jnp.tanh(mean), 3.0,
+                           action_l2_mask=mask)
+    # the weight keeps its meaning per action: 3 * (0 + tanh(m_1)^2) / 2, averaged over the batch
+    penalty = 3.0 * np.mean(np.square(np.tanh(np.asarray(mean[:, 1]))) / 2)
+    assert float(on - off) == pytest.approx(penalty, abs=1e-5)
+    grad = jax.grad(lambda m: losses.actor_loss(log_prob, quantiles, jnp.asarray(0.1), 0.0,
+                                                jnp.tanh(m), 3.0, action_l2_mask=mask))(mean)
+    np.testing.assert_array_equal(grad[:, 0], 0.0)
+    assert np.all(np.sign(grad[:, 1]) == np.sign(mean[:, 1]))
+    env = envs.make("h1", backend="cpu")
+    with pytest.raises(ValueError, match="action_l2_mask has shape"):
+        bro.Bro(env, bro.BroConfig(action_l2=1.0), action_l2_mask=np.ones(3))
+
+
 def test_action_l2_ramps_in_by_transitions():
     """The weight of iteration k (N envs): action_l2 * min(1, (k + 1) N / ramp steps)."""
     env = envs.make("h1", backend="cpu")

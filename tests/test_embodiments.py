@@ -88,6 +88,31 @@ def test_unknown_camera_view_is_refused():
         embodiments.load("h1", camera="top")
 
 
+def _actuator_names(emb, which):
+    model = emb.mj_model
+    return [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, i).removesuffix("_actuator")
+            for i in np.flatnonzero(which)]
+
+
+def test_unseen_actuators_are_the_sideways_and_twisting_joints():
+    """From the side the camera sees the joints that swing a limb fore and aft (hip flexion,
+    knee, ankle, shoulder pitch, elbow), not those that swing it sideways or twist it (hip
+    rotation and adduction, torso yaw, shoulder roll and yaw, a quadruped's abduction)."""
+    h1 = embodiments.load("h1")
+    legs_and_torso = ["hip_rotation_l", "hip_adduction_l", "hip_rotation_r", "hip_adduction_r",
+                      "back_bkz"]
+    assert _actuator_names(h1, embodiments.unseen_actuators(h1)) == [
+        *legs_and_torso, "l_arm_shx", "l_arm_shz", "r_arm_shx", "r_arm_shz"]
+    a1 = embodiments.load("a1")
+    assert _actuator_names(a1, embodiments.unseen_actuators(a1)) == [
+        "FR_hip", "FL_hip", "RR_hip", "RL_hip"]
+    # 35 degrees round towards the front the legs split the same way; H1's shoulder axes are
+    # tilted, and the left shoulder's pitch axis turns more than 45 degrees off the view.
+    oblique = embodiments.load("h1", camera="oblique")
+    assert _actuator_names(oblique, embodiments.unseen_actuators(oblique)) == [
+        *legs_and_torso, "l_arm_shy", "l_arm_shx", "l_arm_shz", "r_arm_shx", "r_arm_shz"]
+
+
 def test_camera_tracks_the_center_of_mass():
     emb = embodiments.load("h1")
     model, data = emb.mj_model, mujoco.MjData(emb.mj_model)

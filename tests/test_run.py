@@ -239,9 +239,13 @@ def test_the_camera_view_reaches_reference_and_simulation(h1_reference, tmp_path
     path = bundle_lib.save(bundle, tmp_path / "h1_walk_oblique.npz")
     setup = training.build(training.TrainConfig(
         reference=str(path), camera="oblique", actuation="pd", render_size=64,
+        action_l2_joints="unseen",
         agent=bro.preset("bro_fast", num_envs=2, critic_width=16, actor_width=16,
                          num_quantiles=4, batch_size=8, warmup_steps=8, replay_capacity=256)))
     assert setup.embodiment.camera == "oblique"
+    # the action L2 prior holds the joints this view barely sees
+    np.testing.assert_array_equal(setup.learner.action_l2_mask,
+                                  envs.embodiments.unseen_actuators(setup.embodiment))
     side_first = bundle_lib.load(h1_reference).masks[0]
     same = float(renderer.mask_iou(setup.env.home_mask, bundle.masks[0]))
     other = float(renderer.mask_iou(setup.env.home_mask, side_first))
@@ -278,7 +282,8 @@ def test_bad_values_are_refused_before_anything_runs(run, tmp_path, capsys):
                            (["--encoder-dtype", "bf16"], "encoder_dtype must be float32 or "
                                                          "bfloat16, got 'bf16'"),
                            (["--encoder", "k400"], "encoder must be one of"),
-                           (["--i3d.pooling", "max"], "I3D pooling must be one of")):
+                           (["--i3d.pooling", "max"], "I3D pooling must be one of"),
+                           (["--action-l2-joints", "seen"], "invalid choice")):
         with pytest.raises(SystemExit) as exit_info:
             run.main([*flags, "--runs-dir", str(tmp_path)])
         assert exit_info.value.code == 2

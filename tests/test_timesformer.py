@@ -171,7 +171,7 @@ def test_hub_id_is_found_in_the_local_hf_cache(small, tmp_path, monkeypatch):
     assert _same_params(params, small["params"])
 
 
-def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
+def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch, caplog):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
@@ -184,6 +184,14 @@ def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
     assert "snapshot_download('facebook/timesformer-base-finetuned-k400')" in message
     assert timesformer_weights.CHECKPOINT_ENV in message
     assert "random_params" in message
+    # `auto` goes on without the video stream: the how-to is logged once per process.
+    from nil_jax.references import embed
+
+    monkeypatch.setattr(embed, "_EXPLAINED", set())
+    with caplog.at_level(logging.WARNING, logger="nil_jax.references.embed"):
+        assert embed.load("auto")[0] is None and embed.load("auto")[0] is None
+    assert caplog.text.count("hf download facebook/timesformer") == 1
+    assert caplog.text.count("TimeSformer weights not available") == 2
     # A folder without weights says what is missing.
     (tmp_path / "no_weights").mkdir()
     (tmp_path / "no_weights" / "config.json").write_text(json.dumps(SMALL.to_hf_dict()))

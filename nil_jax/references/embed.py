@@ -36,6 +36,7 @@ from nil_jax.reward import (i3d, i3d_weights, nil_reward, timesformer, timesform
                             video_preprocess)
 
 logger = logging.getLogger(__name__)
+_EXPLAINED: set[str] = set()  # the missing-weights explanations already logged
 
 ENCODERS = ("auto", "pretrained", "timesformer", "i3d", "random", "none")
 RANDOM_ID = "random"
@@ -120,7 +121,14 @@ def load(name: str, checkpoint: Optional[str] = None, random_config: str = "base
             raise
         note = ("TimeSformer weights not available: frames and masks only, no embeddings. "
                 "Add them later with `experiments/prepare_reference.py embed`.")
-        logger.warning("%s\n%s", note, e)
+        # A run looks for the weights twice (the synthetic reference, then training): the
+        # how-to-get-them text is said once per process, the note each time.
+        detail = str(e)
+        if detail in _EXPLAINED:
+            logger.warning("%s", note)
+        else:
+            _EXPLAINED.add(detail)
+            logger.warning("%s\n%s", note, detail)
         return None, {"id": None, "note": note}
     encoder_id = str(checkpoint or timesformer_weights.DEFAULT_CHECKPOINT)
     preprocessing = video_preprocess.VideoPreprocessing.from_checkpoint(folder)
