@@ -18,6 +18,7 @@ Synthetic references (`synthetic.py`) go through exactly this function. Host-sid
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import pathlib
@@ -66,6 +67,11 @@ class IngestConfig:
     # A silhouette that matches e0's once moved and scaled onto it (IoU of the two bounding
     # boxes' contents at least this) is the right robot re-framed, not another robot or view.
     reframed_iou: float = 0.6
+
+    def __post_init__(self):
+        if self.initial_frames < 1:
+            raise ValueError(f"initial_frames must be >= 1 (the first frames checked against "
+                             f"e0), got {self.initial_frames}")
 
 
 def _encoder_metadata(info: dict) -> dict:
@@ -180,9 +186,9 @@ def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
         run_segmenter = None
     elif segmenter == "sam2":
         def run_segmenter(frames):
-            return segment.sam2_masks(frames, e0_mask, config.sam2_checkpoint,
-                                      config.sam2_config, config.sam2_device,
-                                      config.sam2_overrides)
+            return segment.iter_sam2_masks(frames, e0_mask, config.sam2_checkpoint,
+                                           config.sam2_config, config.sam2_device,
+                                           config.sam2_overrides)
         segmenter_info = {"name": "sam2", "checkpoint": config.sam2_checkpoint,
                           "config": config.sam2_config, "overrides": list(config.sam2_overrides),
                           "prompt": "simulator e0 mask on frame 0"}
@@ -190,19 +196,21 @@ def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
             segmenter_info["note"] = "RANDOM SAM 2 weights: masks are meaningless (tests only)"
     else:
         def run_segmenter(frames):
-            return segment.background_masks(frames, e0_mask, config.background)
+            return segment.iter_background_masks(frames, e0_mask, config.background)
         segmenter_info = {"name": "background", **dataclasses.asdict(config.background),
                           "prompt": "simulator e0 mask tracks the agent from frame 0"}
     if run_segmenter is not None:
         segmenter_info["side"] = work
+        # Both segmenters go forward a frame at a time (SAM 2 propagates from the prompt, the
+        # background model tracks the last mask): the first frames are checked as soon as
+        # they are segmented, and a wrong video is refused before the slow part.
+        stream = run_segmenter(segmented)
+        first = list(itertools.islice(stream, config.initial_frames))
         if config.min_initial_iou > 0:
-            # Both segmenters only look back (SAM 2 propagates forward from the prompt; the
-            # background model tracks the last mask), so the first frames' masks are those of
-            # the whole video: a wrong video is refused before the slow part.
-            first = run_segmenter(segmented[:config.initial_frames])
-            _check_initial_frames(video_io.resize_masks(first, size), e0_small, config,
-                                  embodiment, video_io.resize_frames(segmented[:1], size)[0])
-        masks = run_segmenter(segmented)
+            _check_initial_frames(video_io.resize_masks(np.stack(first), size), e0_small,
+                                  config, embodiment,
+                                  video_io.resize_frames(segmented[:1], size)[0])
+        masks = np.stack(first + list(stream))
     timings["segment_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

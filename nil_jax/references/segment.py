@@ -27,7 +27,7 @@ import importlib.util
 import logging
 import os
 import tempfile
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -67,14 +67,28 @@ def _disk(radius: int) -> np.ndarray:
 def background_masks(frames: np.ndarray, prompt_mask: np.ndarray,
                      settings: BackgroundModel = BackgroundModel()) -> np.ndarray:
     """Foreground by distance to a plain background colour, tracked from the prompt mask."""
+    return _stacked(iter_background_masks(frames, prompt_mask, settings), frames)
+
+
+def _stacked(masks: Iterator[np.ndarray], frames: np.ndarray) -> np.ndarray:
+    out = np.zeros(frames.shape[:3], bool)
+    for t, mask in enumerate(masks):
+        out[t] = mask
+    return out
+
+
+def iter_background_masks(frames: np.ndarray, prompt_mask: np.ndarray,
+                          settings: BackgroundModel = BackgroundModel()
+                          ) -> Iterator[np.ndarray]:
+    """`background_masks` one frame at a time, in order: a caller may stop early."""
     num, side = frames.shape[0], frames.shape[1]
     ring = _ring(side, max(2, round(settings.border * side)))
     track = _disk(max(1, round(settings.track_radius * side)))
     min_pixels = max(1, round(settings.min_component * side * side))
     max_hole = settings.max_hole * side * side
-    masks = np.zeros((num, side, side), bool)
     anchor = prompt_mask
     for t in range(num):
+        mask = np.zeros((side, side), bool)
         pixels = frames[t].astype(np.float32)
         colour = np.median(pixels[ring], axis=0)
         distance = np.linalg.norm(pixels - colour, axis=-1)
@@ -97,10 +111,10 @@ def background_masks(frames: np.ndarray, prompt_mask: np.ndarray,
             sizes = ndimage.sum_labels(foreground, labels, np.arange(1, count + 1))
             touching = ndimage.maximum(near, labels, np.arange(1, count + 1))
             keep = 1 + np.flatnonzero((sizes >= min_pixels) & (np.asarray(touching) > 0))
-            masks[t] = np.isin(labels, keep)
-        if masks[t].any():
-            anchor = masks[t]
-    return masks
+            mask = np.isin(labels, keep)
+        if mask.any():
+            anchor = mask
+        yield mask
 
 
 def sam2_masks(frames: np.ndarray, prompt_mask: np.ndarray, checkpoint: Optional[str],
@@ -111,6 +125,15 @@ def sam2_masks(frames: np.ndarray, prompt_mask: np.ndarray, checkpoint: Optional
     `checkpoint=None` builds a randomly initialised model (tests of the code path only: its
     masks are meaningless). `hydra_overrides` are passed to SAM 2's config (e.g.
     "++model.image_size=256" for a small, fast test model)."""
+    return _stacked(iter_sam2_masks(frames, prompt_mask, checkpoint, config, device,
+                                    hydra_overrides), frames)
+
+
+def iter_sam2_masks(frames: np.ndarray, prompt_mask: np.ndarray, checkpoint: Optional[str],
+                    config: str = SAM2_DEFAULT_CONFIG, device: str = "cpu",
+                    hydra_overrides: tuple[str, ...] = ()) -> Iterator[np.ndarray]:
+    """`sam2_masks` one frame at a time, in order, as SAM 2 propagates: a caller may stop
+    early (the predictor and its frame folder are released when the iterator is closed)."""
     try:
         import torch
         from sam2.build_sam import build_sam2_video_predictor
@@ -123,15 +146,15 @@ def sam2_masks(frames: np.ndarray, prompt_mask: np.ndarray, checkpoint: Optional
         logger.warning("SAM 2 with RANDOM weights: masks are meaningless (tests only).")
     predictor = build_sam2_video_predictor(config, ckpt_path=checkpoint, device=device,
                                            hydra_overrides_extra=list(hydra_overrides))
-    masks = np.zeros(frames.shape[:3], bool)
     with tempfile.TemporaryDirectory(prefix="nil_sam2_") as folder, torch.inference_mode():
         for t, frame in enumerate(frames):  # SAM 2 reads a folder of numbered JPEG frames
             Image.fromarray(frame).save(os.path.join(folder, f"{t:05d}.jpg"), quality=95)
         state = predictor.init_state(video_path=folder, offload_video_to_cpu=True)
         predictor.add_new_mask(state, frame_idx=0, obj_id=1, mask=prompt_mask)
-        for t, _, logits in predictor.propagate_in_video(state):
-            masks[t] = logits[0, 0].float().cpu().numpy() > 0.0
-    return masks
+        for expected, (t, _, logits) in enumerate(predictor.propagate_in_video(state)):
+            if t != expected:  # forward from the prompt on frame 0: 0, 1, 2, ...
+                raise RuntimeError(f"SAM 2 propagated frame {t} where {expected} was due.")
+            yield logits[0, 0].float().cpu().numpy() > 0.0
 
 
 SEGMENTERS = ("background", "sam2")
