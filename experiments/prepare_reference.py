@@ -85,7 +85,7 @@ def ingest(video: str, embodiment: str, out: str,
 
 
 def synthetic(embodiments: tuple[str, ...] = ("h1", "talos", "g1", "a1"),
-              skill: Optional[str] = None, out: str = "references",
+              out: str = "references",
               config: Annotated[synthetic_lib.SyntheticConfig, Flat] =
               synthetic_lib.SyntheticConfig(),
               ingest_config: Annotated[ingest_lib.IngestConfig, Flat] =
@@ -95,8 +95,9 @@ def synthetic(embodiments: tuple[str, ...] = ("h1", "talos", "g1", "a1"),
     --skill sit|hang|balance: that skill's key-pose motion in its scene instead
     (<name>_<skill>.*; H1 and G1). --camera: the tracking camera's view (oblique: the files
     end in _oblique)."""
+    scene = ingest_config.skill if ingest_config.skill in envs.SKILLS else None
     for name in embodiments:
-        body = envs.load(name, skill=skill, camera=camera)
+        body = envs.load(name, skill=scene, camera=camera)
         bundle, video = synthetic_lib.make(body, out, config, ingest_config)
         path = bundle_lib.save(bundle, pathlib.Path(out)
                                / f"{synthetic_lib.file_stem(body)}.npz")

@@ -328,6 +328,12 @@ def test_command_line(walk, tmp_path, capsys):
     assert main(["info", "--bundle", str(out)]) == 0
     printed = capsys.readouterr().out
     assert json.loads(printed[:printed.rindex("}") + 1])["encoder"]["id"] == "random"
+    # A synthetic skill reference: the scene's motion, its skill recorded, ground truth kept.
+    assert main(["synthetic", "--embodiments", "h1", "--skill", "sit", "--out",
+                 str(tmp_path / "synthetic"), "--seconds", "0.4", "--video-size", "64",
+                 "--resolution", "64", "--interpolator", "linear", "--encoder", "none"]) == 0
+    sit = bundle_lib.load(tmp_path / "synthetic" / "h1_sit.npz")
+    assert sit.metadata["skill"] == "sit" and sit.ground_truth_qpos is not None
     (tmp_path / "bad.mp4").write_bytes(b"nope")
     assert main(["ingest", "--video", str(tmp_path / "bad.mp4"), "--embodiment", "h1",
                      "--out", str(tmp_path / "bad.npz")]) == 2
