@@ -292,7 +292,9 @@ def test_large_videos_are_segmented_at_the_working_size(h1, tmp_path, segmented_
     assert segmented_lengths == [10]  # each frame once, the first ones checked on the way
     truth = ingest_lib.video_io.resize_masks(truth, 224)
     ious = [np.sum(a & b) / np.sum(a | b) for a, b in zip(bundle.masks[::4], truth)]
-    assert np.mean(ious) > 0.85, ious
+    # Shrunk by area averaging: 0.955 here; Pillow's antialiased bilinear smeared the edges
+    # into masks 14% too large (0.875).
+    assert np.mean(ious) > 0.92, ious
 
 
 def test_background_that_is_not_plain(h1, tmp_path, frames):

@@ -61,8 +61,8 @@ class IngestConfig:
     min_mask_fraction: float = 1e-3  # a mask smaller than this fraction of the frame is empty
     min_initial_iou: float = 0.5  # median IoU of the first frames' masks with e0's mask
     initial_frames: int = 3  # how many first frames that check looks at
-    # Larger frames are downscaled to this side before segmentation (whose cost grows with the
-    # pixels: a 480 px video segments about 4.6 times faster); never below `resolution`.
+    # Larger frames are shrunk to this side before segmentation, whose cost grows with the
+    # pixels (a 480 px video: 17 times faster, README); never below `resolution`.
     segment_resolution: int = 224
     # A silhouette that matches e0's once moved and scaled onto it (IoU of the two bounding
     # boxes' contents at least this) is the right robot re-framed, not another robot or view.

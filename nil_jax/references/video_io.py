@@ -138,10 +138,15 @@ def crop_square(images: np.ndarray) -> np.ndarray:
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, size, size, 3) uint8, Pillow bilinear (antialiased)."""
+    """(N, S, S, 3) uint8 -> (N, size, size, 3) uint8: shrunk by area averaging (each pixel
+    the mean of the pixels it covers, as a camera of that resolution would see them), enlarged
+    bilinearly. A wider filter (Pillow's antialiased bilinear) smears the agent's edge over
+    more pixels, and the background segmenter takes the smear for the agent: its masks of a
+    480 px video shrunk to 224 px were 15% too large (IoU 0.87 against 0.92 with areas)."""
     if frames.shape[1:3] == (size, size):
         return frames.copy()
-    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR))
+    method = Image.BOX if size < frames.shape[1] else Image.BILINEAR
+    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), method))
                      for f in frames])
 
 
