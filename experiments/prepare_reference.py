@@ -95,7 +95,15 @@ def synthetic(embodiments: tuple[str, ...] = ("h1", "talos", "g1", "a1"),
     --skill sit|hang|balance: that skill's key-pose motion in its scene instead
     (<name>_<skill>.*; H1 and G1). --camera: the tracking camera's view (oblique: the files
     end in _oblique)."""
-    scene = ingest_config.skill if ingest_config.skill in envs.SKILLS else None
+    skill = ingest_config.skill
+    scene = skill if skill in envs.SKILLS else None
+    if scene is None and skill not in ("walk", sim_frames.DEFAULT_SKILL):
+        raise SystemExit(f"synthetic makes the walk (--skill {sim_frames.DEFAULT_SKILL}) or a "
+                         f"scene's motion (--skill {'|'.join(envs.SKILLS)}), not {skill!r}.")
+    if scene is not None and set(embodiments) - set(envs.scenes.LIMBS):
+        raise SystemExit(f"--skill {scene} needs a humanoid's hips, knees and arms: "
+                         f"--embodiments {' '.join(sorted(envs.scenes.LIMBS))}, not "
+                         f"{' '.join(sorted(set(embodiments) - set(envs.scenes.LIMBS)))}.")
     for name in embodiments:
         body = envs.load(name, skill=scene, camera=camera)
         bundle, video = synthetic_lib.make(body, out, config, ingest_config)

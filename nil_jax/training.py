@@ -281,6 +281,8 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
                                 reset_steps=resets)
     unseen = (envs.embodiments.unseen_actuators(embodiment)
               if config.action_l2_joints == "unseen" else None)
+    if unseen is not None and not config.agent.action_l2:
+        logger.warning("!! action_l2_joints=unseen does nothing: agent.action_l2 is 0")
     learner = bro.Bro(env, agent, batched=True, batch_sharding=parallel.batch_sharding(mesh),
                       action_l2_mask=unseen)
     return Setup(config, embodiment, bundle, env, learner, reward, str(reference_path),

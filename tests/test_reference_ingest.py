@@ -336,6 +336,11 @@ def test_command_line(walk, tmp_path, capsys):
                  "--resolution", "64", "--interpolator", "linear", "--encoder", "none"]) == 0
     sit = bundle_lib.load(tmp_path / "synthetic" / "h1_sit.npz")
     assert sit.metadata["skill"] == "sit" and sit.ground_truth_qpos is not None
+    for flags, message in ((["--skill", "sti"], "not 'sti'"),
+                           (["--skill", "sit", "--embodiments", "h1", "a1"], "not a1")):
+        with pytest.raises(SystemExit, match=message):
+            main(["synthetic", *flags, "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
     (tmp_path / "bad.mp4").write_bytes(b"nope")
     assert main(["ingest", "--video", str(tmp_path / "bad.mp4"), "--embodiment", "h1",
                      "--out", str(tmp_path / "bad.npz")]) == 2

@@ -17,6 +17,7 @@ Synthetic references (`synthetic.py`) go through exactly this function. Host-sid
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -204,13 +205,17 @@ def ingest(video_path: str | os.PathLike, embodiment: Embodiment,
         # Both segmenters go forward a frame at a time (SAM 2 propagates from the prompt, the
         # background model tracks the last mask): the first frames are checked as soon as
         # they are segmented, and a wrong video is refused before the slow part.
-        stream = run_segmenter(segmented)
-        first = list(itertools.islice(stream, config.initial_frames))
-        if config.min_initial_iou > 0:
-            _check_initial_frames(video_io.resize_masks(np.stack(first), size), e0_small,
-                                  config, embodiment,
-                                  video_io.resize_frames(segmented[:1], size)[0])
-        masks = np.stack(first + list(stream))
+        # Closed on the way out, a refused video included: SAM 2's predictor is let go.
+        with contextlib.closing(run_segmenter(segmented)) as stream:
+            first = list(itertools.islice(stream, config.initial_frames))
+            if config.min_initial_iou > 0:
+                _check_initial_frames(video_io.resize_masks(np.stack(first), size), e0_small,
+                                      config, embodiment,
+                                      video_io.resize_frames(segmented[:1], size)[0])
+            masks = np.stack(first + list(stream))
+        if len(masks) != len(segmented):
+            raise RuntimeError(f"The {segmenter} segmenter gave {len(masks)} masks for "
+                               f"{len(segmented)} frames.")
     timings["segment_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

@@ -133,7 +133,7 @@ def iter_sam2_masks(frames: np.ndarray, prompt_mask: np.ndarray, checkpoint: Opt
                     config: str = SAM2_DEFAULT_CONFIG, device: str = "cpu",
                     hydra_overrides: tuple[str, ...] = ()) -> Iterator[np.ndarray]:
     """`sam2_masks` one frame at a time, in order, as SAM 2 propagates: a caller may stop
-    early (the predictor and its frame folder are released when the iterator is closed)."""
+    early (the predictor is released when the iterator is closed)."""
     try:
         import torch
         from sam2.build_sam import build_sam2_video_predictor
@@ -149,12 +149,14 @@ def iter_sam2_masks(frames: np.ndarray, prompt_mask: np.ndarray, checkpoint: Opt
     with tempfile.TemporaryDirectory(prefix="nil_sam2_") as folder, torch.inference_mode():
         for t, frame in enumerate(frames):  # SAM 2 reads a folder of numbered JPEG frames
             Image.fromarray(frame).save(os.path.join(folder, f"{t:05d}.jpg"), quality=95)
-        state = predictor.init_state(video_path=folder, offload_video_to_cpu=True)
+        state = predictor.init_state(video_path=folder, offload_video_to_cpu=True)  # loads all
         predictor.add_new_mask(state, frame_idx=0, obj_id=1, mask=prompt_mask)
-        for expected, (t, _, logits) in enumerate(predictor.propagate_in_video(state)):
-            if t != expected:  # forward from the prompt on frame 0: 0, 1, 2, ...
-                raise RuntimeError(f"SAM 2 propagated frame {t} where {expected} was due.")
-            yield logits[0, 0].float().cpu().numpy() > 0.0
+    # Outside the block: the caller runs between the masks, and must not find itself in
+    # inference mode (SAM 2's propagation enters it for each of its own steps).
+    for expected, (t, _, logits) in enumerate(predictor.propagate_in_video(state)):
+        if t != expected:  # forward from the prompt on frame 0: 0, 1, 2, ...
+            raise RuntimeError(f"SAM 2 propagated frame {t} where {expected} was due.")
+        yield logits[0, 0].float().cpu().numpy() > 0.0
 
 
 SEGMENTERS = ("background", "sam2")

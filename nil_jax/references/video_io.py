@@ -142,7 +142,7 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     the mean of the pixels it covers, as a camera of that resolution would see them), enlarged
     bilinearly. A wider filter (Pillow's antialiased bilinear) smears the agent's edge over
     more pixels, and the background segmenter takes the smear for the agent: its masks of a
-    480 px video shrunk to 224 px were 15% too large (IoU 0.87 against 0.92 with areas)."""
+    448 px video shrunk to 224 px were 14% too large (IoU 0.875 against 0.955 with areas)."""
     if frames.shape[1:3] == (size, size):
         return frames.copy()
     method = Image.BOX if size < frames.shape[1] else Image.BILINEAR
