@@ -94,10 +94,10 @@ def actor_loss(log_prob: jax.Array, quantiles: jax.Array, temperature: jax.Array
                action_l2_mask: Optional[jax.Array] = None) -> jax.Array:
     """deterministic_action (B, |A|) = tanh(mean): the action evaluation takes, penalized by
     action_l2 * the mean over actions of its square (0 in the official code), each action's
-    square times its entry of action_l2_mask (|A|,) (None: every action). With action_l2_by_q the weight is
-    action_l2 * the batch's mean |Q|, held constant (TD3+BC's normalizer): the penalty keeps its
-    share of the loss whatever the reward's scale, and is small while the critic still expects
-    early falls."""
+    square times its entry of action_l2_mask (|A|,) (None: every action). With action_l2_by_q
+    the weight is action_l2 * the batch's mean |Q|, held constant (TD3+BC's normalizer): the
+    penalty keeps its share of the loss whatever the reward's scale, and is small while the
+    critic still expects early falls."""
     q = ensemble_value(quantiles, -pessimism).mean(-1)
     weight = action_l2 * (jax.lax.stop_gradient(jnp.abs(q).mean()) if action_l2_by_q else 1.0)
     square = jnp.square(deterministic_action)

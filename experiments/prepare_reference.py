@@ -100,10 +100,11 @@ def synthetic(embodiments: tuple[str, ...] = ("h1", "talos", "g1", "a1"),
     if scene is None and skill not in ("walk", sim_frames.DEFAULT_SKILL):
         raise SystemExit(f"synthetic makes the walk (--skill {sim_frames.DEFAULT_SKILL}) or a "
                          f"scene's motion (--skill {'|'.join(envs.SKILLS)}), not {skill!r}.")
-    if scene is not None and set(embodiments) - set(envs.scenes.LIMBS):
+    limbless = sorted(set(embodiments) - set(envs.scenes.LIMBS))
+    if scene is not None and limbless:
         raise SystemExit(f"--skill {scene} needs a humanoid's hips, knees and arms: "
                          f"--embodiments {' '.join(sorted(envs.scenes.LIMBS))}, not "
-                         f"{' '.join(sorted(set(embodiments) - set(envs.scenes.LIMBS)))}.")
+                         f"{' '.join(limbless)}.")
     for name in embodiments:
         body = envs.load(name, skill=scene, camera=camera)
         bundle, video = synthetic_lib.make(body, out, config, ingest_config)

@@ -67,14 +67,10 @@ def _disk(radius: int) -> np.ndarray:
 def background_masks(frames: np.ndarray, prompt_mask: np.ndarray,
                      settings: BackgroundModel = BackgroundModel()) -> np.ndarray:
     """Foreground by distance to a plain background colour, tracked from the prompt mask."""
-    return _stacked(iter_background_masks(frames, prompt_mask, settings), frames)
-
-
-def _stacked(masks: Iterator[np.ndarray], frames: np.ndarray) -> np.ndarray:
-    out = np.zeros(frames.shape[:3], bool)
-    for t, mask in enumerate(masks):
-        out[t] = mask
-    return out
+    masks = np.zeros(frames.shape[:3], bool)
+    for t, mask in enumerate(iter_background_masks(frames, prompt_mask, settings)):
+        masks[t] = mask
+    return masks
 
 
 def iter_background_masks(frames: np.ndarray, prompt_mask: np.ndarray,
@@ -117,23 +113,16 @@ def iter_background_masks(frames: np.ndarray, prompt_mask: np.ndarray,
         yield mask
 
 
-def sam2_masks(frames: np.ndarray, prompt_mask: np.ndarray, checkpoint: Optional[str],
-               config: str = SAM2_DEFAULT_CONFIG, device: str = "cpu",
-               hydra_overrides: tuple[str, ...] = ()) -> np.ndarray:
-    """SAM 2 video predictor: the prompt mask on frame 0, propagated forward.
+def iter_sam2_masks(frames: np.ndarray, prompt_mask: np.ndarray, checkpoint: Optional[str],
+                    config: str = SAM2_DEFAULT_CONFIG, device: str = "cpu",
+                    hydra_overrides: tuple[str, ...] = ()) -> Iterator[np.ndarray]:
+    """SAM 2 video predictor: the prompt mask on frame 0, propagated forward, yielded a frame
+    at a time in order; a caller may stop early (the predictor is released when the iterator
+    is closed).
 
     `checkpoint=None` builds a randomly initialised model (tests of the code path only: its
     masks are meaningless). `hydra_overrides` are passed to SAM 2's config (e.g.
     "++model.image_size=256" for a small, fast test model)."""
-    return _stacked(iter_sam2_masks(frames, prompt_mask, checkpoint, config, device,
-                                    hydra_overrides), frames)
-
-
-def iter_sam2_masks(frames: np.ndarray, prompt_mask: np.ndarray, checkpoint: Optional[str],
-                    config: str = SAM2_DEFAULT_CONFIG, device: str = "cpu",
-                    hydra_overrides: tuple[str, ...] = ()) -> Iterator[np.ndarray]:
-    """`sam2_masks` one frame at a time, in order, as SAM 2 propagates: a caller may stop
-    early (the predictor is released when the iterator is closed)."""
     try:
         import torch
         from sam2.build_sam import build_sam2_video_predictor
