@@ -329,7 +329,9 @@ def markdown(record: dict) -> str:
              f"`{record['command']}`: run.py preset `{settings['preset']}` "
              f"({settings['embodiment']}, {settings['skill']}, {settings['actuation']} "
              f"actuation, "
-             f"{agent_summary(settings['agent'], settings.get('action_l2_joints', 'all'))}), "
+             + (f"the phase and its first {settings['phase_harmonics']} harmonics observed, "
+                if settings.get("phase_harmonics") else "")
+             + f"{agent_summary(settings['agent'], settings.get('action_l2_joints', 'all'))}), "
              f"{settings['seeds']} seeds per "
              "case trained "
              f"together (vmap), evaluated every {settings['eval_every']:,} env steps "
@@ -415,7 +417,7 @@ def run_learning(args, machine) -> tuple[dict, str]:
     record = dict(machine=machine, command=command, notes=[], cases={}, settings=dict(
         preset=args.learning_preset, embodiment=base.embodiment, skill=base.skill,
         actuation=base.actuation, backend=base.backend, agent=dataclasses.asdict(base.agent),
-        action_l2_joints=base.action_l2_joints,
+        action_l2_joints=base.action_l2_joints, phase_harmonics=base.phase_harmonics,
         seeds=len(seeds), env_steps=env_steps, eval_every=args.learning_eval_every,
         eval_episodes=args.learning_eval_episodes, changed=list(args.learning_set)))
     trained = {}  # what each case resolved to -> the case that trained it

@@ -10,8 +10,13 @@
             reference embedding t (every `video_stride`-th step for the whole batch, held in
             between) --+ penalties--> R_t = zeta S_v + beta S_M + eta P_t
 
-With `observe_phase` the observation ends with t / (T - 1), the fraction of the reference
-played, as imitation policies usually get (the reference is a function of time).
+With `observe_phase` the observation ends with tau = t / (T - 1), the fraction of the reference
+played, as imitation policies usually get (the reference is a function of time), and with
+`phase_harmonics` K > 0 also sin(2 pi k tau) and cos(2 pi k tau) for k = 1..K: a Fourier basis of
+time on the reference. A small MLP is slow to fit a function that oscillates several times over
+its input's range (spectral bias; Tancik et al. 2020's Fourier features), and a gait is one: the
+synthetic H1 walk makes 2.7 cycles in its 3 s. K cycles per reference is the highest frequency
+the basis holds (8 over 3 s: 2.7 Hz); it assumes nothing about the motion's period.
 
 This env is already batched (`reset` takes N keys): the video stream's stride is one
 condition for the whole batch, which a per-environment env under `vmap` could not express.
@@ -75,6 +80,7 @@ class NilEnv(Env):
     def __init__(self, robot: RobotEnv, reference: nil_reward.Reference,
                  silhouette: silhouettes.Silhouettes, config: nil_reward.RewardConfig,
                  encoder: Optional[nil_reward.VideoEncoder] = None, observe_phase: bool = False,
+                 phase_harmonics: int = 0,
                  reward_source: sources.RewardSource = "nil",
                  pose_reference: Optional[jax.Array] = None,
                  early_termination: EarlyTermination = EarlyTermination()):
@@ -85,6 +91,11 @@ class NilEnv(Env):
         if reference.length < nil_reward.CLIP_FRAMES:
             raise ValueError(f"the reference has {reference.length} frames, fewer than one "
                              f"{nil_reward.CLIP_FRAMES}-frame clip")
+        if not (isinstance(phase_harmonics, int) and phase_harmonics >= 0):
+            raise ValueError(f"phase_harmonics must be an integer >= 0, got {phase_harmonics!r}")
+        if phase_harmonics and not observe_phase:
+            raise ValueError(f"phase_harmonics={phase_harmonics} needs observe_phase: the "
+                             f"harmonics are features of the observed phase")
         sources.check(reward_source)
         sources.check_ground_truth(reward_source, pose_reference, "this NilEnv's reference")
         if pose_reference is not None and pose_reference.shape != (reference.length,
@@ -97,6 +108,7 @@ class NilEnv(Env):
         self.config = config
         self.encoder = encoder
         self.observe_phase = observe_phase
+        self.phase_harmonics = phase_harmonics
         self.reward_source = reward_source
         self.pose_reference = pose_reference
         self.early_termination = early_termination
@@ -122,15 +134,18 @@ class NilEnv(Env):
 
     @property
     def observation_size(self) -> int:
-        return self.robot.observation_size + int(self.observe_phase)
+        return (self.robot.observation_size + int(self.observe_phase)
+                + 2 * self.phase_harmonics)
 
     def _observe(self, robot_obs: jax.Array, t: jax.Array) -> jax.Array:
         """The robot's observation, and with `observe_phase` the fraction of the reference
-        played (t / (T - 1)): the policy knows which reference frame it is matched against."""
+        played (tau = t / (T - 1)) and its K harmonics [sin 2 pi k tau, cos 2 pi k tau]_k: the
+        policy knows which reference frame it is matched against."""
         if not self.observe_phase:
             return robot_obs
-        phase = t.astype(robot_obs.dtype) / max(self.reference.length - 1, 1)
-        return jnp.concatenate([robot_obs, phase[:, None]], axis=-1)
+        phase = t.astype(robot_obs.dtype)[:, None] / max(self.reference.length - 1, 1)
+        angles = 2 * jnp.pi * phase * jnp.arange(1, self.phase_harmonics + 1, dtype=phase.dtype)
+        return jnp.concatenate([robot_obs, phase, jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
     @property
     def action_size(self) -> int:

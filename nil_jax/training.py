@@ -75,6 +75,9 @@ class TrainConfig:
     actuation: str = "torque"  # "torque" (the model's motors) or "pd" (joint targets), robot_env
     pd_action_scale: float = 1.0  # rad of target offset from the home pose per unit of action
     observe_phase: bool = True  # the policy sees t / (T - 1), how far the reference has played
+    # with observe_phase, also sin and cos of 2 pi k t / (T - 1) for k = 1..phase_harmonics
+    # (nil_env: a Fourier basis of time, so that a small policy can follow a periodic motion)
+    phase_harmonics: int = 0
     # The tracking camera's view, for the reference and the simulation alike
     # (envs.embodiments.CAMERA_VIEWS): "side", or "oblique" (three-quarter, from the front).
     camera: Literal["side", "oblique"] = "side"
@@ -123,6 +126,11 @@ class TrainConfig:
         for name in ("env_steps", "chunk_iterations", "checkpoint_every"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.phase_harmonics >= 0:
+            raise ValueError(f"phase_harmonics must be >= 0, got {self.phase_harmonics}")
+        if self.phase_harmonics and not self.observe_phase:
+            raise ValueError(f"phase_harmonics={self.phase_harmonics} needs the phase observed: "
+                             f"drop --no-observe-phase or set --phase-harmonics 0")
         if not self.pd_action_scale > 0:
             raise ValueError(f"pd_action_scale must be > 0 rad, got {self.pd_action_scale}")
         if self.render_size is not None and self.render_size < 8:
@@ -274,6 +282,7 @@ def build(config: TrainConfig, devices: Optional[Sequence[jax.Device]] = None) -
                       actuation=config.actuation, pd_action_scale=config.pd_action_scale)
     truth = bundle.ground_truth_qpos
     env = NilEnv(robot, reference, sil, reward, encoder, observe_phase=config.observe_phase,
+                 phase_harmonics=config.phase_harmonics,
                  reward_source=config.reward_source,
                  pose_reference=None if truth is None else jnp.asarray(truth, jnp.float32),
                  early_termination=config.early_termination)

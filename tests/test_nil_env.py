@@ -104,6 +104,24 @@ def test_steps_give_the_nil_reward_of_each_term(nil):
     assert not np.array_equal(after.metrics["reward/video"], m["reward/video"])
 
 
+def test_phase_harmonics_extend_the_observation(nil):
+    """With K harmonics the observation ends with tau, sin(2 pi k tau), cos(2 pi k tau) for
+    k = 1..K, tau = t / (T - 1); they need the phase observed."""
+    env = nil["env"]
+    harmonic = NilEnv(env.robot, env.reference, env.silhouette, env.config, None,
+                      observe_phase=True, phase_harmonics=3)
+    assert harmonic.observation_size == env.robot.observation_size + 1 + 6
+    robot_obs = jnp.ones((2, env.robot.observation_size))
+    obs = np.asarray(harmonic._observe(robot_obs, jnp.array([0, 4])))
+    tau = 4 / (LENGTH - 1)
+    np.testing.assert_allclose(obs[0, -7:], [0, 0, 0, 0, 1, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(obs[1, -7:], [tau] + [np.sin(2 * np.pi * k * tau) for k in (1, 2, 3)]
+                               + [np.cos(2 * np.pi * k * tau) for k in (1, 2, 3)], atol=1e-6)
+    np.testing.assert_array_equal(obs[:, :-7], robot_obs)
+    with pytest.raises(ValueError, match="needs observe_phase"):
+        NilEnv(env.robot, env.reference, env.silhouette, env.config, None, phase_harmonics=2)
+
+
 def test_reward_sources_pick_the_reward_trained_on(nil):
     """`task` trains on the env's walk reward, `pose` on tracking the ground-truth poses; both
     still log the NIL terms. The NIL video stream is off here: it changes neither reward, and

@@ -284,6 +284,8 @@ def test_bad_values_are_refused_before_anything_runs(run, tmp_path, capsys):
                            (["--encoder", "k400"], "encoder must be one of"),
                            (["--i3d.pooling", "max"], "I3D pooling must be one of"),
                            (["--action-l2-joints", "seen"], "invalid choice"),
+                           (["--no-observe-phase", "--phase-harmonics", "4"],
+                            "phase_harmonics=4 needs the phase observed"),
                            (["--ingest.initial-frames", "0"], "initial_frames must be >= 1")):
         with pytest.raises(SystemExit) as exit_info:
             run.main([*flags, "--runs-dir", str(tmp_path)])
