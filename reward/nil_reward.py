@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from nil_jax.references.bundle import CLIP_FRAMES  # n_T: the clips the bundles embed
 from nil_jax.reward import i3d, regularizers, renderer, timesformer, video_preprocess
 
-CLIP_FRAMES = 8  # n_T of the paper (TimeSformer clips)
 ENCODER_INPUTS = ("shade", "silhouette")
 
 
