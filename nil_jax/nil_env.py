@@ -76,6 +76,16 @@ class EarlyTermination:
         return self.iou > 0
 
 
+def check_phase_harmonics(phase_harmonics: int, observe_phase: bool) -> None:
+    """The harmonics are features of the observed phase: K >= 0, and K > 0 only with the phase."""
+    if not (isinstance(phase_harmonics, int) and phase_harmonics >= 0):
+        raise ValueError(f"phase_harmonics must be an integer >= 0, got {phase_harmonics!r}")
+    if phase_harmonics and not observe_phase:
+        raise ValueError(f"phase_harmonics={phase_harmonics} needs the phase observed "
+                         f"(observe_phase; on the command line drop --no-observe-phase or set "
+                         f"--phase-harmonics 0)")
+
+
 class NilEnv(Env):
     def __init__(self, robot: RobotEnv, reference: nil_reward.Reference,
                  silhouette: silhouettes.Silhouettes, config: nil_reward.RewardConfig,
@@ -91,11 +101,7 @@ class NilEnv(Env):
         if reference.length < nil_reward.CLIP_FRAMES:
             raise ValueError(f"the reference has {reference.length} frames, fewer than one "
                              f"{nil_reward.CLIP_FRAMES}-frame clip")
-        if not (isinstance(phase_harmonics, int) and phase_harmonics >= 0):
-            raise ValueError(f"phase_harmonics must be an integer >= 0, got {phase_harmonics!r}")
-        if phase_harmonics and not observe_phase:
-            raise ValueError(f"phase_harmonics={phase_harmonics} needs observe_phase: the "
-                             f"harmonics are features of the observed phase")
+        check_phase_harmonics(phase_harmonics, observe_phase)
         sources.check(reward_source)
         sources.check_ground_truth(reward_source, pose_reference, "this NilEnv's reference")
         if pose_reference is not None and pose_reference.shape != (reference.length,

@@ -49,7 +49,7 @@ from nil_jax.envs import assets, evaluation, skill_tasks
 from nil_jax.agents import bro, checkpoint
 from nil_jax.envs.embodiments import Embodiment
 from nil_jax.io_utils import write_text
-from nil_jax.nil_env import EarlyTermination, NilEnv
+from nil_jax.nil_env import EarlyTermination, NilEnv, check_phase_harmonics
 from nil_jax.references import bundle as bundle_lib
 from nil_jax.references import embed as embed_lib
 from nil_jax.references import ingest as ingest_lib
@@ -126,11 +126,7 @@ class TrainConfig:
         for name in ("env_steps", "chunk_iterations", "checkpoint_every"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.phase_harmonics >= 0:
-            raise ValueError(f"phase_harmonics must be >= 0, got {self.phase_harmonics}")
-        if self.phase_harmonics and not self.observe_phase:
-            raise ValueError(f"phase_harmonics={self.phase_harmonics} needs the phase observed: "
-                             f"drop --no-observe-phase or set --phase-harmonics 0")
+        check_phase_harmonics(self.phase_harmonics, self.observe_phase)
         if not self.pd_action_scale > 0:
             raise ValueError(f"pd_action_scale must be > 0 rad, got {self.pd_action_scale}")
         if self.render_size is not None and self.render_size < 8:

@@ -118,7 +118,7 @@ def test_phase_harmonics_extend_the_observation(nil):
     np.testing.assert_allclose(obs[1, -7:], [tau] + [np.sin(2 * np.pi * k * tau) for k in (1, 2, 3)]
                                + [np.cos(2 * np.pi * k * tau) for k in (1, 2, 3)], atol=1e-6)
     np.testing.assert_array_equal(obs[:, :-7], robot_obs)
-    with pytest.raises(ValueError, match="needs observe_phase"):
+    with pytest.raises(ValueError, match="needs the phase observed"):
         NilEnv(env.robot, env.reference, env.silhouette, env.config, None, phase_harmonics=2)
 
 
